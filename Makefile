@@ -1,0 +1,57 @@
+# The user interface. `make serve` and `make test` are all a newcomer needs:
+# each creates the virtual environment on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+# Workers are started with the first `python` on PATH: make it the venv's.
+export PATH := $(abspath $(BIN)):$(PATH)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+MODEL_CONFIGS := $(wildcard configs/models/*.yaml)
+TS_CONFIG     ?= configs/local.properties
+
+.PHONY: help install java models archive serve stop test test-unit test-e2e lint clean
+
+help:
+	@echo "make serve   install, build the example models and archives, start TorchServe"
+	@echo "make test    the whole test suite (unit + end-to-end against a real TorchServe)"
+	@echo "make stop    stop the TorchServe that 'make serve' started"
+	@echo "make archive / make models / make lint / make clean"
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml | java
+	@echo "==> creating $(VENV) and installing (torch==2.13.0 CPU build, TorchServe 0.12.0, ...)"
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --progress-bar on --upgrade pip setuptools
+	$(PY) -m pip install --progress-bar on "torch==2.13.0"
+	$(PY) -m pip install --progress-bar on -e ".[dev]"
+	touch $@
+
+java:
+	@scripts/check_java.sh
+
+models: install
+	$(PY) -m scripts.build_models
+
+archive: models
+	$(PY) -m scripts.archive $(MODEL_CONFIGS)
+
+serve: archive
+	$(PY) -m scripts.serve start --ts-config $(TS_CONFIG)
+
+stop: install
+	$(PY) -m scripts.serve stop
+
+test: archive
+	$(PY) -m pytest
+
+test-unit: models
+	$(PY) -m pytest tests/unit
+
+lint: install
+	$(PY) -m ruff check handlers scripts tests
+
+clean:
+	rm -rf build model_store/*.mar logs

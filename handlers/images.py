@@ -1,0 +1,70 @@
+"""Image bytes to an 8x8 digit tensor in the format scikit-learn's digits were made in."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from handlers.errors import InvalidInput, PayloadTooLarge
+
+IMAGE_TYPES = frozenset(
+    {"image/png", "image/jpeg", "image/jpg", "image/bmp", "image/gif", "image/webp",
+     "image/tiff", "application/octet-stream"}
+)
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Open and fully decode `data`; 400 if it is not a whole image, 413 if it is too large.
+
+    The size is checked from the header before pixels are decoded, so a
+    decompression bomb costs nothing.
+    """
+    if not data:
+        raise InvalidInput("empty body: expected PNG or JPEG image bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            pixels = image.width * image.height
+            if pixels > max_pixels:
+                raise PayloadTooLarge(
+                    f"image is {image.width}x{image.height} = {pixels} pixels; the limit is {max_pixels}"
+                )
+            image.load()
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidInput("body is not a readable image (expected PNG or JPEG bytes)") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise InvalidInput(f"image could not be decoded ({error}); is it truncated?") from None
+    return image
+
+
+def to_digit_tensor(image: Image.Image, side: int, ink: str) -> torch.Tensor:
+    """Grey levels resized to side x side by area averaging, ink bright, scaled to 0..16.
+
+    scikit-learn's digits count ink pixels in 4x4 blocks of a 32x32 bitmap, so area
+    averaging (BOX) of a larger image reproduces them. With `ink="auto"` the
+    background is taken to be whatever colour the border mostly has.
+    """
+    grey = _flatten_alpha(image).convert("L").resize((side, side), Image.Resampling.BOX)
+    pixels = np.asarray(grey, dtype=np.float32)
+    if ink == "dark" or (ink == "auto" and _border_mean(pixels) > 127.5):
+        pixels = 255.0 - pixels
+    return torch.from_numpy(pixels * (16.0 / 255.0)).reshape(1, 1, side, side)
+
+
+def _flatten_alpha(image: Image.Image) -> Image.Image:
+    """Transparent pixels count as background: composite the image over white."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba)
+    return image
+
+
+def _border_mean(pixels: np.ndarray) -> float:
+    border = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+    return float(border.mean())

@@ -1,0 +1,99 @@
+"""Sentence embeddings with all-MiniLM-L6-v2: mean pooling, L2-normalised, 384 numbers.
+
+Request: {"text": "a sentence"} or {"text": ["one", "two", ...]} as application/json,
+or the sentence itself as text/plain.
+Response: {"embedding": [384 numbers]} (a list of those for a list of texts).
+Texts longer than `max_length` tokens are truncated, as sentence-transformers does;
+texts longer than `max_chars` characters are rejected with 413.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from handlers.base import Decoded, ModelHandler
+from handlers.errors import InvalidInput, PayloadTooLarge
+from handlers.payload import Payload
+from handlers.validation import JSON_TYPES, check_count, require_content_type
+from handlers.weights import load_state_dict_into
+
+
+class MiniLMHandler(ModelHandler):
+    """Tokenises every text of every request together, so padding is per batch."""
+
+    @dataclass(frozen=True)
+    class Options:  # nested: TorchServe wants exactly one class per handler module
+        weights: str = "model.safetensors"
+        model_config: str = "config.json"
+        tokenizer: str = "tokenizer.json"
+        max_length: int = 256
+        max_texts: int = 64
+        max_chars: int = 20_000
+
+    def load(self, model_dir: Path) -> None:
+        from tokenizers import Tokenizer  # imported here: only this handler needs them
+        from transformers import BertConfig, BertModel
+
+        config = BertConfig.from_json_file(str(model_dir / self.options.model_config))
+        model = BertModel(config)
+        # Checkpoints saved by transformers 4.x keep position_ids, a buffer newer versions rebuild.
+        load_state_dict_into(
+            model, model_dir / self.options.weights, self.device, ignore=("embeddings.position_ids",)
+        )
+        self.model = model.to(self.device).eval()
+        tokenizer = Tokenizer.from_file(str(model_dir / self.options.tokenizer))
+        tokenizer.enable_truncation(max_length=self.options.max_length)
+        tokenizer.enable_padding(pad_id=config.pad_token_id or 0, pad_token="[PAD]")
+        self.tokenizer = tokenizer
+
+    def decode(self, payload: Payload) -> Decoded:
+        require_content_type(payload, JSON_TYPES, 'application/json {"text": ...} or text/plain')
+        if payload.content_type == "text/plain":
+            texts, single = [payload.text()], True
+        else:
+            texts, single = self._texts_from_json(payload.json())
+        check_count(len(texts), self.options.max_texts, "texts")
+        for position, text in enumerate(texts):
+            self._check_text(text, "text" if single else f"text[{position}]")
+        return Decoded(texts, single)
+
+    def collate(self, per_request: Any) -> dict[str, torch.Tensor]:
+        texts = [text for texts in per_request for text in texts]
+        encodings = self.tokenizer.encode_batch(texts)
+        columns = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+        return {
+            name: torch.tensor([getattr(e, field) for e in encodings], dtype=torch.long).to(
+                self.device, non_blocking=True
+            )
+            for name, field in columns.items()
+        }
+
+    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return F.normalize(pooled, p=2, dim=1)
+
+    def encode(self, row: torch.Tensor) -> Any:
+        return {"embedding": row.tolist()}
+
+    def _texts_from_json(self, document: Any) -> tuple[list[Any], bool]:
+        if not isinstance(document, dict) or "text" not in document:
+            raise InvalidInput('expected a JSON object {"text": "..."} or {"text": ["...", ...]}')
+        text = document["text"]
+        return ([text], True) if not isinstance(text, list) else (text, False)
+
+    def _check_text(self, text: Any, where: str) -> None:
+        if not isinstance(text, str):
+            raise InvalidInput(f"'{where}' must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise InvalidInput(f"'{where}' is empty; send some text")
+        if len(text) > self.options.max_chars:
+            raise PayloadTooLarge(
+                f"'{where}' has {len(text)} characters; the limit is {self.options.max_chars}"
+            )

@@ -1,0 +1,61 @@
+"""Breast-cancer classifier: 30 raw feature values in, class and probabilities out.
+
+Request (application/json): {"features": [30 numbers]} or {"features": [[30 numbers], ...]}
+Response: {"label": "benign", "class_index": 1, "probabilities": {"malignant": 0.01, "benign": 0.99}}
+(a list of those when a list of rows was sent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from handlers.architectures import TABULAR_FEATURES, TabularMLP
+from handlers.base import Decoded, ModelHandler
+from handlers.errors import InvalidInput
+from handlers.payload import Payload
+from handlers.validation import JSON_TYPES, float_rows, require_content_type
+from handlers.weights import load_state_dict_into
+
+
+class TabularHandler(ModelHandler):
+    """Scaling lives inside the model, so clients send raw feature values."""
+
+    @dataclass(frozen=True)
+    class Options:  # nested: TorchServe wants exactly one class per handler module
+        weights: str = "tabular.safetensors"
+        class_names: tuple[str, ...] = ("malignant", "benign")
+        max_rows: int = 256
+
+    def load(self, model_dir: Path) -> None:
+        model = TabularMLP()
+        load_state_dict_into(model, model_dir / self.options.weights, self.device)
+        self.model = model.to(self.device).eval()
+
+    def decode(self, payload: Payload) -> Decoded:
+        require_content_type(payload, JSON_TYPES, "application/json")
+        document = payload.json()
+        if not isinstance(document, dict) or "features" not in document:
+            raise InvalidInput(
+                f'expected a JSON object {{"features": [{TABULAR_FEATURES} numbers]}}'
+            )
+        rows, single = float_rows(
+            document["features"], TABULAR_FEATURES, "features", self.options.max_rows
+        )
+        return Decoded(rows, single)
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(batch), dim=1)
+
+    def encode(self, row: torch.Tensor) -> Any:
+        probabilities = row.tolist()
+        best = int(row.argmax())
+        names = self.options.class_names
+        return {
+            "label": names[best],
+            "class_index": best,
+            "probabilities": dict(zip(names, probabilities)),
+        }

@@ -1,0 +1,53 @@
+"""Checks on decoded request values that several handlers share."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from handlers.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from handlers.payload import Payload
+
+JSON_TYPES = frozenset({"application/json", "text/json", "text/plain", ""})
+
+
+def require_content_type(payload: Payload, accepted: frozenset[str], expected: str) -> None:
+    """415 unless the request's media type is one of `accepted`."""
+    if payload.content_type not in accepted:
+        raise UnsupportedMediaType(
+            f"content type '{payload.content_type}' is not supported; send {expected}"
+        )
+
+
+def check_count(count: int, limit: int, what: str) -> None:
+    """413 when one request carries more than `limit` instances."""
+    if count > limit:
+        raise PayloadTooLarge(f"{count} {what} in one request; the limit is {limit}")
+
+
+def float_rows(value: Any, width: int, field: str, max_rows: int) -> tuple[torch.Tensor, bool]:
+    """A row of `width` finite numbers, or a list of such rows, as a float32 tensor [N, width].
+
+    Returns the tensor and whether a single row was sent (without a list around it).
+    """
+    if not isinstance(value, list) or not value:
+        raise InvalidInput(f"'{field}' must be a list of {width} numbers or a list of such lists")
+    single = not isinstance(value[0], list)
+    rows = [value] if single else value
+    check_count(len(rows), max_rows, "rows")
+    for number, row in enumerate(rows):
+        _check_row(row, width, f"{field}" if single else f"{field}[{number}]")
+    return torch.tensor(rows, dtype=torch.float32), single
+
+
+def _check_row(row: Any, width: int, where: str) -> None:
+    if not isinstance(row, list) or len(row) != width:
+        got = f"{len(row)} values" if isinstance(row, list) else type(row).__name__
+        raise InvalidInput(f"'{where}' must hold exactly {width} numbers, got {got}")
+    for position, number in enumerate(row):
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise InvalidInput(f"'{where}[{position}]' must be a number, got {number!r}")
+        if not math.isfinite(number) or abs(number) > 3.0e38:
+            raise InvalidInput(f"'{where}[{position}]' must be a finite float32 number, got {number!r}")

@@ -1,0 +1,1 @@
+"""Operator tools that run outside the server: build weights, archive, serve, test helpers."""

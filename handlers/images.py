@@ -35,6 +35,8 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
                     f"image is {image.width}x{image.height} = {pixels} pixels; the limit is {max_pixels}"
                 )
             image.load()
+    except PayloadTooLarge:
+        raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InvalidInput("body is not a readable image (expected PNG or JPEG bytes)") from None
     except (OSError, SyntaxError, ValueError) as error:

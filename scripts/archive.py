@@ -28,7 +28,7 @@ from scripts.model_config import ConfigError, ModelSpec, load_spec
 
 logger = logging.getLogger(__name__)
 HANDLERS_PACKAGE = Path("handlers")
-FINGERPRINTS = Path("build") / "archive-fingerprints"
+FINGERPRINTS = ".fingerprints"  # hidden, inside the store: TorchServe skips it
 
 
 def archive_path(spec: ModelSpec, store: Path) -> Path:
@@ -107,10 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(set(names)) != len(names):
         logger.error("error: two configs share a model name: %s", sorted(names))
         return 2
-    FINGERPRINTS.mkdir(parents=True, exist_ok=True)
+    fingerprints = args.store / FINGERPRINTS
+    fingerprints.mkdir(parents=True, exist_ok=True)
     for number, spec in enumerate(specs, start=1):
         prefix = f"[{number}/{len(specs)}] {spec.name} {spec.version}"
-        stamp, current = FINGERPRINTS / f"{spec.name}.sha256", fingerprint(spec)
+        stamp, current = fingerprints / f"{spec.name}.sha256", fingerprint(spec)
         target = archive_path(spec, args.store)
         if not args.force and target.exists() and stamp.exists() and stamp.read_text() == current:
             logger.info("%s: up to date (%s)", prefix, target)

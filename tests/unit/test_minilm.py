@@ -1,0 +1,57 @@
+"""The minilm handler against sentence-transformers' own encoding of the same texts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scripts.harness import LocalModel, RawRequest
+from tests.helpers import SENTENCES, sentence_transformers_embeddings
+
+CONFIG = Path("configs/models/minilm.yaml")
+
+
+@pytest.fixture(scope="module")
+def minilm() -> LocalModel:
+    return LocalModel.from_config(CONFIG)
+
+
+def test_embeddings_equal_sentence_transformers(minilm: LocalModel) -> None:
+    results = minilm.run([
+        RawRequest(SENTENCES[0].encode(), "text/plain"),
+        RawRequest.json({"text": SENTENCES[1:]}),
+    ])
+    assert [r.status for r in results] == [200, 200]
+    ours = np.array([results[0].json()["embedding"]] + [e["embedding"] for e in results[1].json()])
+    reference = sentence_transformers_embeddings(SENTENCES)
+    assert ours.shape == (len(SENTENCES), 384)
+    cosines = (ours * reference).sum(axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(
+        reference, axis=1)
+    assert cosines.min() >= 0.9999, cosines
+    assert np.linalg.norm(ours, axis=1) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_bad_texts_fail_alone(minilm: LocalModel) -> None:
+    results = minilm.run([
+        RawRequest.json({"text": ""}),
+        RawRequest.json({"text": 42}),
+        RawRequest.json({"sentence": "wrong field"}),
+        RawRequest.json({"text": "fine"}),
+        RawRequest.json({"text": ["ok", None]}),
+        RawRequest(b"\xff\xfe\xfa", "text/plain"),
+        RawRequest.json({"text": []}),
+    ])
+    assert [r.status for r in results] == [400, 400, 400, 200, 400, 400, 400]
+    assert "text[1]" in results[4].json()["error"]
+
+
+def test_limits_are_413() -> None:
+    with LocalModel.from_config(CONFIG, {"max_texts": 2, "max_chars": 10}) as small:
+        results = small.run([
+            RawRequest.json({"text": ["a", "b", "c"]}),
+            RawRequest.json({"text": "x" * 11}),
+            RawRequest.json({"text": "y" * 10}),
+        ])
+    assert [r.status for r in results] == [413, 413, 200]

@@ -1,0 +1,92 @@
+"""Bad model configs: one line naming the file, the key and the fix; nothing written."""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scripts import archive
+from scripts.model_config import ConfigError, load_spec
+
+GOOD = yaml.safe_load(Path("configs/models/tabular.yaml").read_text())
+
+
+def write(tmp_path: Path, **changes: object) -> Path:
+    config = {**GOOD, **changes}
+    config["model_config"] = {**GOOD["model_config"], **changes.get("model_config", {})}
+    for key in [k for k, v in changes.items() if v is None]:
+        config.pop(key)
+    path = tmp_path / "model.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "fix"),
+    [
+        ({"colour": "blue"}, "colour", "remove it"),
+        ({"version": 1.0}, "version", 'version: "1.0"'),
+        ({"name": None}, "name", "add it"),
+        ({"files": ["build/weights/nope.safetensors"]}, "files", "make models"),
+        ({"handler": "handlers/nope.py"}, "handler", "existing handlers"),
+        ({"model_config": {"batchSize": "eight"}}, "model_config.batchSize", "batchSize: 1"),
+        ({"model_config": {"minWorkers": 3, "maxWorkers": 1}}, "model_config.minWorkers", "<="),
+        ({"model_config": {"deviceType": "tpu"}}, "model_config.deviceType", "deviceType: gpu"),
+        ({"model_config": {"batchsize": 8}}, "model_config.batchsize", "batchSize"),
+        ({"model_config": {"handler": {"max_rows": "many"}}}, "model_config.handler.max_rows",
+         "TabularHandler.Options"),
+        ({"model_config": {"handler": {"colour": 1}}}, "model_config.handler.colour", "Options"),
+    ],
+)
+def test_each_mistake_names_file_key_and_fix(
+    tmp_path: Path, changes: dict[str, object], key: str, fix: str
+) -> None:
+    path = write(tmp_path, **changes)
+    with pytest.raises(ConfigError) as caught:
+        load_spec(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: key '{key}'")
+    assert "fix:" in message and fix in message
+    assert "\n" not in message
+
+
+def test_archive_refuses_a_bad_config_and_writes_nothing(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    bad = write(tmp_path, model_config={"batchSize": 0})
+    code = archive.main([str(Path("configs/models/tabular.yaml")), str(bad), "--store", str(store)])
+    assert code == 2
+    assert not store.exists() or not any(store.iterdir())
+
+
+def test_good_configs_parse() -> None:
+    for path in sorted(Path("configs/models").glob("*.yaml")):
+        spec = load_spec(path)
+        assert spec.name == path.stem
+        assert spec.model_config["batchSize"] >= 1
+
+
+def test_archive_is_self_contained_and_not_rebuilt_when_unchanged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+
+    store = tmp_path / "store"
+    config = "configs/models/tabular.yaml"
+    assert archive.main([config, "--store", str(store)]) == 0
+    mar = store / "tabular.mar"
+    with zipfile.ZipFile(mar) as packed:
+        names = set(packed.namelist())
+        model_config = yaml.safe_load(packed.read("model-config.yaml"))
+    assert {"tabular.py", "handlers/base.py", "handlers/tabular.py", "tabular.safetensors",
+            "MAR-INF/MANIFEST.json"} <= names
+    assert model_config == GOOD["model_config"]
+    assert [p.name for p in store.iterdir() if not p.name.startswith(".")] == ["tabular.mar"]
+    first = mar.stat().st_mtime_ns
+    caplog.clear()
+    assert archive.main([config, "--store", str(store)]) == 0
+    assert "up to date" in caplog.text
+    assert mar.stat().st_mtime_ns == first

@@ -27,6 +27,7 @@ $(VENV)/.installed: pyproject.toml | java
 	$(PY) -m pip install --progress-bar on --upgrade pip setuptools
 	$(PY) -m pip install --progress-bar on "torch==2.13.0"
 	$(PY) -m pip install --progress-bar on -e ".[dev]"
+	$(PY) -m scripts.install_launcher
 	touch $@
 
 java:
@@ -45,6 +46,7 @@ stop: install
 	$(PY) -m scripts.serve stop
 
 test: archive
+	$(PY) -m ruff check handlers scripts tests
 	$(PY) -m pytest
 
 test-unit: models

@@ -145,7 +145,7 @@ class ModelHandler(BaseHandler):
                 f"{type(self).__name__}.predict returned {len(outputs)} rows for "
                 f"{sum(counts)} instances; return one output row per instance"
             )
-        for (index, item), rows in zip(decoded.items(), torch.split(outputs, counts)):
+        for (index, item), rows in zip(decoded.items(), torch.split(outputs, counts), strict=True):
             try:
                 encoded = [self.encode(row) for row in rows]
                 body = encoded[0] if item.single else encoded

@@ -57,5 +57,5 @@ class TabularHandler(ModelHandler):
         return {
             "label": names[best],
             "class_index": best,
-            "probabilities": dict(zip(names, probabilities)),
+            "probabilities": dict(zip(names, probabilities, strict=True)),
         }

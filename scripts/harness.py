@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     requests = [RawRequest(path.read_bytes(), args.content_type) for path in args.file]
     with LocalModel.from_config(args.config) as model:
-        for path, result in zip(args.file, model.run(requests)):
+        for path, result in zip(args.file, model.run(requests), strict=True):
             print(f"{path}: {result.status} {result.body}")
     return 0
 

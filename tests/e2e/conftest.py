@@ -43,7 +43,8 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def write_properties(workdir: Path, store: Path) -> dict[str, str]:
+def write_properties(workdir: Path, store: Path, models: tuple[str, ...] = MODELS) -> dict[str, str]:
+    """A config.properties in `workdir` with free loopback ports for everything."""
     ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc_i",
                                             "grpc_m", "workers")}
     properties = {
@@ -56,7 +57,7 @@ def write_properties(workdir: Path, store: Path) -> dict[str, str]:
         "grpc_management_port": str(ports["grpc_m"]),
         "initial_worker_port": str(ports["workers"]),
         "model_store": str(store),
-        "load_models": ",".join(f"{name}.mar" for name in MODELS),
+        "load_models": ",".join(f"{name}.mar" for name in models),
         "disable_token_authorization": "true",
         "enable_model_api": "true",
         "metrics_mode": "prometheus",

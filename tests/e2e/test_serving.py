@@ -108,10 +108,10 @@ def mixed_wave() -> list[tuple[tuple[str, bytes, str], Any]]:
         (("minilm", b"[1, 2", "application/json"), 400),
     ]
     good: list[tuple[tuple[str, bytes, str], Any]] = []
-    for row, label in zip(rows, good_rows):
+    for row, label in zip(rows, good_rows, strict=True):
         good.append((("tabular", json.dumps({"features": row.tolist()}).encode(),
                       "application/json"), ("class_index", int(label))))
-    for image, label in zip(images, good_digits):
+    for image, label in zip(images, good_digits, strict=True):
         good.append((("digits", digit_png(image), "image/png"), ("digit", int(label))))
     for text in SENTENCES[:4]:
         good.append((("minilm", json.dumps({"text": text}).encode(), "application/json"),
@@ -127,7 +127,7 @@ def test_mixed_wave_good_answers_right_bad_ones_own_4xx_workers_survive(server: 
     before = worker_pids(server)
     wave = mixed_wave() * 3
     answers = post_all(server, [call for call, _ in wave])
-    for (call, expected), answer in zip(wave, answers):
+    for (call, expected), answer in zip(wave, answers, strict=True):
         if isinstance(expected, int):
             assert answer.status_code == expected, (call[0], answer.text)
             assert answer.json()["error"], answer.text

@@ -10,6 +10,7 @@ import torch
 from handlers.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from handlers.payload import Payload
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 JSON_TYPES = frozenset({"application/json", "text/json", "text/plain", ""})
 
 
@@ -49,5 +50,9 @@ def _check_row(row: Any, width: int, where: str) -> None:
     for position, number in enumerate(row):
         if isinstance(number, bool) or not isinstance(number, (int, float)):
             raise InvalidInput(f"'{where}[{position}]' must be a number, got {number!r}")
-        if not math.isfinite(number) or abs(number) > 3.0e38:
+        try:
+            value = float(number)
+        except OverflowError:  # a JSON integer with hundreds of digits
+            value = math.inf
+        if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
             raise InvalidInput(f"'{where}[{position}]' must be a finite float32 number, got {number!r}")

@@ -32,8 +32,10 @@ def test_batch_answers_match_the_model_and_bad_rows_fail_alone(tabular: LocalMod
         RawRequest.json({"features": ["a"] * 30}),
         RawRequest.json({"features": rows[1].tolist()}, ) ,
         RawRequest(rows[1].tobytes(), "image/png"),                      # wrong content type
+        RawRequest(b'{"features": [' + b"1" * 400 + b", 0" * 29 + b"]}"),  # int beyond float
+        RawRequest.json({"features": [3.4e38] + [0.0] * 29}),             # float32 max is fine
     ])
-    assert [r.status for r in results] == [200, 400, 200, 400, 400, 200, 415]
+    assert [r.status for r in results] == [200, 400, 200, 400, 400, 200, 415, 400, 200]
     assert results[0].json()["class_index"] == expected[0]
     assert [item["class_index"] for item in results[2].json()] == list(expected[2:4])
     assert results[5].json()["class_index"] == expected[1]

@@ -141,10 +141,14 @@ class ModelHandler(BaseHandler):
                 responses[index] = self._fail(context, index, failure, stage="predict")
             return
         if len(outputs) != sum(counts):
-            raise HandlerContractError(
+            bug = HandlerContractError(
                 f"{type(self).__name__}.predict returned {len(outputs)} rows for "
                 f"{sum(counts)} instances; return one output row per instance"
             )
+            failure = _batch_failure(bug)
+            for index in decoded:
+                responses[index] = self._fail(context, index, failure, stage="predict")
+            return
         for (index, item), rows in zip(decoded.items(), torch.split(outputs, counts), strict=True):
             try:
                 encoded = [self.encode(row) for row in rows]
@@ -154,8 +158,9 @@ class ModelHandler(BaseHandler):
                 responses[index] = self._fail(context, index, error, stage="encode")
 
     def _succeed(self, context: Any, index: int, body: Any) -> str:
+        text = json.dumps(body, allow_nan=False)  # a NaN output fails this request, not the JSON
         context.set_response_content_type(index, "application/json")
-        return json.dumps(body)
+        return text
 
     def _fail(self, context: Any, index: int, error: Exception, stage: str) -> str:
         """The one place an exception becomes a response: status, reason and a JSON body."""

@@ -17,6 +17,7 @@ import torch
 from handlers.architectures import DIGITS_SIDE, DigitsCNN
 from handlers.base import Decoded, ModelHandler
 from handlers.images import IMAGE_TYPES, open_image, to_digit_tensor
+from handlers.options import check_range
 from handlers.payload import Payload
 from handlers.validation import require_content_type
 from handlers.weights import load_state_dict_into
@@ -30,6 +31,9 @@ class DigitsHandler(ModelHandler):
         weights: str = "digits.safetensors"
         max_pixels: int = 4096 * 4096
         ink: Literal["auto", "light", "dark"] = "auto"
+
+        def __post_init__(self) -> None:
+            check_range("max_pixels", self.max_pixels, 1)
 
     def load(self, model_dir: Path) -> None:
         model = DigitsCNN()

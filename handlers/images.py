@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from handlers.errors import InvalidInput, PayloadTooLarge
 
@@ -51,7 +51,11 @@ def to_digit_tensor(image: Image.Image, side: int, ink: str) -> torch.Tensor:
     averaging (BOX) of a larger image reproduces them. With `ink="auto"` the
     background is taken to be whatever colour the border mostly has.
     """
-    grey = _flatten_alpha(image).convert("L").resize((side, side), Image.Resampling.BOX)
+    try:
+        upright = ImageOps.exif_transpose(image)
+        grey = _flatten_alpha(upright).convert("L").resize((side, side), Image.Resampling.BOX)
+    except (ValueError, OSError) as error:  # colour modes Pillow cannot convert, bad EXIF
+        raise InvalidInput(f"image mode {image.mode} cannot be read as grey levels ({error})") from None
     pixels = np.asarray(grey, dtype=np.float32)
     if ink == "dark" or (ink == "auto" and _border_mean(pixels) > 127.5):
         pixels = 255.0 - pixels

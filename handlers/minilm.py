@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from handlers.base import Decoded, ModelHandler
 from handlers.errors import InvalidInput, PayloadTooLarge
+from handlers.options import check_range
 from handlers.payload import Payload
 from handlers.validation import JSON_TYPES, check_count, require_content_type
 from handlers.weights import load_state_dict_into
@@ -34,6 +35,12 @@ class MiniLMHandler(ModelHandler):
         max_length: int = 256
         max_texts: int = 64
         max_chars: int = 20_000
+
+        def __post_init__(self) -> None:
+            # BERT's position table has 512 entries: longer inputs would fail the whole batch.
+            check_range("max_length", self.max_length, 2, 512)
+            check_range("max_texts", self.max_texts, 1)
+            check_range("max_chars", self.max_chars, 1)
 
     def load(self, model_dir: Path) -> None:
         from tokenizers import Tokenizer  # imported here: only this handler needs them
@@ -91,6 +98,10 @@ class MiniLMHandler(ModelHandler):
     def _check_text(self, text: Any, where: str) -> None:
         if not isinstance(text, str):
             raise InvalidInput(f"'{where}' must be a string, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # JSON allows lone surrogates such as "\ud800"
+            raise InvalidInput(f"'{where}' is not valid Unicode text") from None
         if not text.strip():
             raise InvalidInput(f"'{where}' is empty; send some text")
         if len(text) > self.options.max_chars:

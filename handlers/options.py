@@ -40,10 +40,7 @@ def parse_options(options_type: type[T], raw: Mapping[str, Any] | None) -> T:
         raise OptionsError(unknown[0], f"unknown option; known options: {known}")
     hints = typing.get_type_hints(options_type)
     values = {name: _coerce(name, raw[name], hints[name]) for name in raw}
-    try:
-        return options_type(**values)
-    except ValueError as error:  # __post_init__ range checks
-        raise OptionsError(getattr(error, "key", "handler"), str(error)) from None
+    return options_type(**values)  # __post_init__ range checks raise OptionsError
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -67,3 +64,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise OptionsError(key, f"expected {hint.__name__}, got {value!r}")
         return value
     raise OptionsError(key, f"unsupported option type {hint!r}")
+
+
+def check_range(key: str, value: int, low: int, high: int | None = None) -> None:
+    """For `__post_init__`: raise OptionsError unless low <= value (<= high)."""
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise OptionsError(key, f"must be {bound}, got {value}")

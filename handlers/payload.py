@@ -48,16 +48,24 @@ class Payload:
         return self.body is None or (isinstance(self.body, (bytes, bytearray, str)) and not self.body)
 
     def json(self) -> Any:
-        """The body as JSON; a body that is not valid UTF-8 JSON is a 400."""
-        if self.is_empty():
-            raise InvalidInput("empty request body: expected a JSON document")
+        """The body as JSON; a body that is not valid UTF-8 JSON is a 400.
+
+        TorchServe already decoded bodies sent as exactly application/json (any
+        non-bytes value then is the document itself); others are parsed here.
+        """
+        if self.content_type == "application/json" and not isinstance(self.body, (bytes, bytearray)):
+            return self.body
         if isinstance(self.body, (dict, list)):
             return self.body
+        if self.is_empty():
+            raise InvalidInput("empty request body: expected a JSON document")
         text = self.text()
         try:
             return json.loads(text)
         except json.JSONDecodeError as error:
             raise InvalidInput(f"body is not valid JSON: {error.msg} at position {error.pos}") from None
+        except (ValueError, RecursionError):  # nesting too deep, integers over 4300 digits
+            raise InvalidInput("body is JSON too deeply nested or with numbers too long") from None
 
     def text(self) -> str:
         """The body as text; undecodable bytes are a 400."""

@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
-from handlers.architectures import TABULAR_FEATURES, TabularMLP
+from handlers.architectures import TABULAR_CLASSES, TABULAR_FEATURES, TabularMLP
 from handlers.base import Decoded, ModelHandler
 from handlers.errors import InvalidInput
+from handlers.options import OptionsError, check_range
 from handlers.payload import Payload
 from handlers.validation import JSON_TYPES, float_rows, require_content_type
 from handlers.weights import load_state_dict_into
@@ -29,6 +30,11 @@ class TabularHandler(ModelHandler):
         weights: str = "tabular.safetensors"
         class_names: tuple[str, ...] = ("malignant", "benign")
         max_rows: int = 256
+
+        def __post_init__(self) -> None:
+            check_range("max_rows", self.max_rows, 1)
+            if len(self.class_names) != TABULAR_CLASSES:
+                raise OptionsError("class_names", f"needs {TABULAR_CLASSES} names, one per class")
 
     def load(self, model_dir: Path) -> None:
         model = TabularMLP()

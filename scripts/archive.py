@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("%s: archiving %s ...", prefix, spec.source)
         try:
             build_archive(spec, args.store)
-        except RuntimeError as error:
+        except (RuntimeError, OSError) as error:
             logger.error("error: %s", error)
             return 1
         stamp.write_text(current)

@@ -64,7 +64,7 @@ def worker_value(body: bytes, content_type: str) -> Any:
             return json.loads(body.decode("utf-8"))
         if content_type.startswith("text"):
             return body.decode("utf-8")
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):
         pass  # TorchServe forwards the encoded payload
     return body
 

@@ -50,6 +50,10 @@ PASS_THROUGH_KEYS = {"parallelType", "parallelLevel", "deviceIds", "jobQueueSize
                      "useVenv", "torchrun", "handler"}
 
 
+# Names at the archive root that the archive step itself writes.
+RESERVED_NAMES = {"handlers", "model-config.yaml", "MAR-INF"}
+
+
 class ConfigError(ValueError):
     """A bad model config: `path: key 'k': what is wrong; fix: what to write`."""
 
@@ -90,8 +94,8 @@ def load_spec(path: Path, root: Path = Path(".")) -> ModelSpec:
     name = _pattern(path, raw, "name", NAME_PATTERN, "letters, digits, '_' or '-', e.g. name: tabular")
     version = _pattern(path, raw, "version", VERSION_PATTERN, 'a quoted string, e.g. version: "1.0"')
     handler = _handler_path(path, raw, root)
-    files = _files(path, raw.get("files"), root)
-    model_config = _model_config(path, raw["model_config"], handler)
+    files = _files(path, raw.get("files"), root, reserved={handler.name})
+    model_config = _model_config(path, raw["model_config"], handler, files)
     example = _example(path, raw.get("example"))
     return ModelSpec(path, name, version, handler, files, model_config, example)
 
@@ -102,7 +106,7 @@ def handler_class(handler: Path) -> type[ModelHandler]:
     found = [
         value for value in vars(module).values()
         if isinstance(value, type) and issubclass(value, ModelHandler)
-        and value.__module__ == module.__name__
+        and value.__module__ == module.__name__ and value is not ModelHandler
     ]
     if len(found) != 1:
         raise ValueError(f"{handler} must define exactly one ModelHandler subclass, found {len(found)}")
@@ -121,7 +125,7 @@ def _check_keys(path: Path, raw: dict[str, Any]) -> None:
 
 def _pattern(path: Path, raw: dict[str, Any], key: str, pattern: re.Pattern[str], fix: str) -> str:
     value = raw[key]
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise ConfigError(path, key, f"invalid value {value!r}", f"write {fix}")
     return value
 
@@ -138,7 +142,7 @@ def _handler_path(path: Path, raw: dict[str, Any], root: Path) -> Path:
     return handler
 
 
-def _files(path: Path, value: Any, root: Path) -> tuple[Path, ...]:
+def _files(path: Path, value: Any, root: Path, reserved: set[str]) -> tuple[Path, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ConfigError(path, "files", f"expected a list of paths, got {value!r}",
                           "write files: [build/weights/NAME/NAME.safetensors]")
@@ -152,10 +156,14 @@ def _files(path: Path, value: Any, root: Path) -> tuple[Path, ...]:
     if duplicate:
         raise ConfigError(path, "files", f"two files would land at the archive root as {duplicate}",
                           "give every file a distinct name")
+    clash = sorted(set(names) & (reserved | RESERVED_NAMES))
+    if clash:
+        raise ConfigError(path, "files", f"{clash[0]} would replace a file the archive needs",
+                          "rename that file")
     return files
 
 
-def _model_config(path: Path, value: Any, handler: Path) -> dict[str, Any]:
+def _model_config(path: Path, value: Any, handler: Path, files: tuple[Path, ...]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(path, "model_config", "expected a mapping", "see configs/models/*.yaml")
     for key, item in value.items():
@@ -176,20 +184,35 @@ def _model_config(path: Path, value: Any, handler: Path) -> dict[str, Any]:
     if value.get("minWorkers", 1) > value.get("maxWorkers", value.get("minWorkers", 1)):
         raise ConfigError(path, "model_config.minWorkers", "is greater than maxWorkers",
                           "make minWorkers <= maxWorkers")
+    _check_handler_options(path, handler, value.get("handler"), files)
+    return value
+
+
+def _check_handler_options(path: Path, handler: Path, raw: Any, files: tuple[Path, ...]) -> None:
+    """Parse the options as the worker will; a weights option must name one of `files`."""
     try:
-        parse_options(handler_class(handler).Options, value.get("handler"))
+        handler_type = handler_class(handler)
+    except Exception as error:  # noqa: BLE001 - an import or definition problem in the module
+        raise ConfigError(path, "handler", f"{handler} cannot be used as a handler ({error})",
+                          "point it at a module that defines one ModelHandler subclass") from None
+    try:
+        options = parse_options(handler_type.Options, raw)
     except OptionsError as error:
         raise ConfigError(path, f"model_config.handler.{error.key}", str(error),
-                          f"see {handler_class(handler).__name__}.Options in {handler}") from None
-    return value
+                          f"see {handler_type.__name__}.Options in {handler}") from None
+    weights = getattr(options, "weights", None)
+    if weights is not None and weights not in {file.name for file in files}:
+        raise ConfigError(path, "model_config.handler.weights", f"{weights!r} is not among files:",
+                          "name one of the files listed under files: (by its file name)")
 
 
 def _example(path: Path, value: Any) -> Example | None:
     if value is None:
         return None
-    if not isinstance(value, dict) or "content_type" not in value or not (
-        ("file" in value) ^ ("data" in value)
-    ):
+    texts = value if isinstance(value, dict) else {}
+    if not isinstance(value, dict) or not isinstance(value.get("content_type"), str) or not (
+        isinstance(texts.get("file"), str) ^ isinstance(texts.get("data"), str)
+    ) or set(value) - {"content_type", "file", "data"}:
         raise ConfigError(path, "example", f"expected content_type and one of file/data, got {value!r}",
                           "write example: {content_type: application/json, data: '{...}'}")
     file = Path(value["file"]) if "file" in value else None

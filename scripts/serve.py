@@ -57,7 +57,7 @@ def wait_until_ready(
                 if ready_workers(client.describe(name)) > 0:
                     pending.discard(name)
                     logger.info("  %s: READY", name)
-            except (requests.ConnectionError, TorchServeError):
+            except (requests.RequestException, TorchServeError):
                 pass  # frontend not up yet, or the model not registered yet
         if pending and time.monotonic() > deadline:
             raise TimeoutError(f"not READY after {timeout:.0f}s: {sorted(pending)}; see {log_hint}")
@@ -80,10 +80,17 @@ def show_examples(client: TorchServeClient, store: Path) -> None:
             continue
         if spec.example is None or not (store / f"{spec.name}.mar").exists():
             continue
+        if spec.example.file is not None and not spec.example.file.exists():
+            print(f"\n# {spec.name}: example file {spec.example.file} is missing (`make models`)")
+            continue
         url = f"{client.inference_url}/predictions/{spec.name}"
         example = spec.example
         body = example.file.read_bytes() if example.file else (example.data or "").encode()
-        answer = client.predict(spec.name, body, example.content_type, check=False)
+        try:
+            answer = client.predict(spec.name, body, example.content_type, check=False)
+        except requests.RequestException as error:
+            print(f"\n# {spec.name}: example request failed: {error}")
+            continue
         preview = " ".join(answer.text.split())[:100]
         print(f"\n# {spec.name}  (answered {answer.status_code}: {preview}...)")
         print(curl_line(url, example))

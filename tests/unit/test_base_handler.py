@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from handlers.errors import HandlerContractError
 from scripts.harness import LocalModel, RawRequest
 from tests.fixtures.handlers import EchoHandler
 
@@ -62,10 +61,25 @@ def test_out_of_memory_in_the_forward_pass_is_507(echo: LocalModel) -> None:
     assert results[0].status == 507
 
 
-def test_wrong_output_count_names_both_numbers(echo: LocalModel) -> None:
+def test_wrong_output_count_is_logged_with_both_numbers_and_fails_the_batch(
+    echo: LocalModel, caplog: pytest.LogCaptureFixture
+) -> None:
     echo.handler.drop_rows = 1
-    with pytest.raises(HandlerContractError, match=r"returned 2 rows for 3 instances"):
-        echo.run([RawRequest.json({"x": [1, 2]}), RawRequest.json({"x": 3})])
+    results = echo.run([RawRequest.json({"x": [1, 2]}), RawRequest(b"bad"), RawRequest.json({"x": 3})])
+    assert [r.status for r in results] == [500, 400, 500]
+    assert "returned 2 rows for 3 instances" in caplog.text
+    assert caplog.text.count("HandlerContractError") == 1
+
+
+def test_non_finite_output_fails_that_request_with_valid_json(echo: LocalModel) -> None:
+    results = echo.run([RawRequest.json({"x": 1e308}), RawRequest.json({"x": 2})])
+    assert [r.status for r in results] == [500, 200]
+    assert results[0].json()["error"] and results[1].json() == 4.0
+
+
+def test_json_document_that_is_a_string_is_not_parsed_twice(echo: LocalModel) -> None:
+    results = echo.run([RawRequest.json('{"x": 1}'), RawRequest(b"[" * 100_000, "text/plain")])
+    assert [r.status for r in results] == [400, 400]
 
 
 def test_unknown_handler_option_fails_at_initialize(tmp_path: Path) -> None:

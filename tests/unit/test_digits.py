@@ -50,6 +50,14 @@ def test_good_and_bad_images_in_one_batch(digits: LocalModel) -> None:
     assert len(results[0].json()["probabilities"]) == 10
 
 
+def test_unconvertible_colour_mode_is_400(digits: LocalModel) -> None:
+    buffer = io.BytesIO()
+    Image.new("L", (32, 32)).convert("LAB").save(buffer, format="TIFF")
+    results = digits.run([RawRequest(buffer.getvalue(), "image/tiff"),
+                          RawRequest(digit_png(datasets.digits().held_out_x[0]), "image/png")])
+    assert [r.status for r in results] == [400, 200]
+
+
 def test_image_over_the_pixel_limit_is_413_before_decoding() -> None:
     with LocalModel.from_config(CONFIG, {"max_pixels": 1000}) as small:
         buffer = io.BytesIO()

@@ -47,6 +47,12 @@ def test_bad_texts_fail_alone(minilm: LocalModel) -> None:
     assert "text[1]" in results[4].json()["error"]
 
 
+def test_lone_surrogate_fails_only_its_own_request(minilm: LocalModel) -> None:
+    results = minilm.run([RawRequest.json({"text": "hi"}), RawRequest(b'{"text": "\\ud800"}'),
+                          RawRequest.json({"text": "there"})])
+    assert [r.status for r in results] == [200, 400, 200]
+
+
 def test_limits_are_413() -> None:
     with LocalModel.from_config(CONFIG, {"max_texts": 2, "max_chars": 10}) as small:
         results = small.run([

@@ -40,6 +40,15 @@ def write(tmp_path: Path, **changes: object) -> Path:
         ({"model_config": {"handler": {"max_rows": "many"}}}, "model_config.handler.max_rows",
          "TabularHandler.Options"),
         ({"model_config": {"handler": {"colour": 1}}}, "model_config.handler.colour", "Options"),
+        ({"model_config": {"handler": {"class_names": ["a"]}}}, "model_config.handler.class_names",
+         "Options"),
+        ({"model_config": {"handler": {"weights": "other.safetensors"}}},
+         "model_config.handler.weights", "files:"),
+        ({"name": "tab\n"}, "name", "name: tabular"),
+        ({"handler": "handlers/errors.py"}, "handler", "ModelHandler subclass"),
+        ({"files": ["build/weights/tabular/tabular.safetensors", "handlers/tabular.py"]}, "files",
+         "rename"),
+        ({"example": {"content_type": "image/png", "file": 5}}, "example", "content_type"),
     ],
 )
 def test_each_mistake_names_file_key_and_fix(

@@ -20,7 +20,7 @@ from handlers.images import IMAGE_TYPES, open_image, to_digit_tensor
 from handlers.options import check_range
 from handlers.payload import Payload
 from handlers.validation import require_content_type
-from handlers.weights import load_state_dict_into
+from handlers.weights import load_module
 
 
 class DigitsHandler(ModelHandler):
@@ -36,9 +36,7 @@ class DigitsHandler(ModelHandler):
             check_range("max_pixels", self.max_pixels, 1)
 
     def load(self, model_dir: Path) -> None:
-        model = DigitsCNN()
-        load_state_dict_into(model, model_dir / self.options.weights, self.device)
-        self.model = model.to(self.device).eval()
+        self.model = load_module(DigitsCNN(), model_dir / self.options.weights, self.device)
 
     def decode(self, payload: Payload) -> Decoded:
         require_content_type(payload, IMAGE_TYPES, "image bytes as image/png or image/jpeg")

@@ -21,7 +21,7 @@ from handlers.errors import InvalidInput, PayloadTooLarge
 from handlers.options import check_range
 from handlers.payload import Payload
 from handlers.validation import JSON_TYPES, check_count, require_content_type
-from handlers.weights import load_state_dict_into
+from handlers.weights import load_module
 
 
 class MiniLMHandler(ModelHandler):
@@ -47,12 +47,11 @@ class MiniLMHandler(ModelHandler):
         from transformers import BertConfig, BertModel
 
         config = BertConfig.from_json_file(str(model_dir / self.options.model_config))
-        model = BertModel(config)
         # Checkpoints saved by transformers 4.x keep position_ids, a buffer newer versions rebuild.
-        load_state_dict_into(
-            model, model_dir / self.options.weights, self.device, ignore=("embeddings.position_ids",)
+        self.model = load_module(
+            BertModel(config), model_dir / self.options.weights, self.device,
+            ignore=("embeddings.position_ids",),
         )
-        self.model = model.to(self.device).eval()
         tokenizer = Tokenizer.from_file(str(model_dir / self.options.tokenizer))
         tokenizer.enable_truncation(max_length=self.options.max_length)
         tokenizer.enable_padding(pad_id=config.pad_token_id or 0, pad_token="[PAD]")

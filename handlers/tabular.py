@@ -19,7 +19,7 @@ from handlers.errors import InvalidInput
 from handlers.options import OptionsError, check_range
 from handlers.payload import Payload
 from handlers.validation import JSON_TYPES, float_rows, require_content_type
-from handlers.weights import load_state_dict_into
+from handlers.weights import load_module
 
 
 class TabularHandler(ModelHandler):
@@ -37,9 +37,7 @@ class TabularHandler(ModelHandler):
                 raise OptionsError("class_names", f"needs {TABULAR_CLASSES} names, one per class")
 
     def load(self, model_dir: Path) -> None:
-        model = TabularMLP()
-        load_state_dict_into(model, model_dir / self.options.weights, self.device)
-        self.model = model.to(self.device).eval()
+        self.model = load_module(TabularMLP(), model_dir / self.options.weights, self.device)
 
     def decode(self, payload: Payload) -> Decoded:
         require_content_type(payload, JSON_TYPES, "application/json")

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors.torch import load_file
+
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+def load_module(module: M, path: Path, device: torch.device, ignore: tuple[str, ...] = ()) -> M:
+    """Fill `module` from a safetensors file and return it on `device`, in eval mode."""
+    load_state_dict_into(module, path, device, ignore)
+    return module.to(device).eval()
 
 
 def load_state_dict_into(

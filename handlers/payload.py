@@ -55,8 +55,6 @@ class Payload:
         """
         if self.content_type == "application/json" and not isinstance(self.body, (bytes, bytearray)):
             return self.body
-        if isinstance(self.body, (dict, list)):
-            return self.body
         if self.is_empty():
             raise InvalidInput("empty request body: expected a JSON document")
         text = self.text()

@@ -7,10 +7,14 @@ Lifecycle (TorchServe calls `initialize` once per worker, `handle` once per batc
         device   <- CUDA when TorchServe gave this worker a GPU and CUDA is present, else CPU
         load(model_dir)                         once per worker        (required hook)
     handle(requests, context)
-        decode(payload) -> Decoded              per request, own try   (required hook)
+        per request, own try: pick its envelope (native, KServe v1, OIP; see envelopes.py)
+            native body      -> decode(payload) -> Decoded            (required hook)
+            v1/OIP instances -> decode_instances(values) -> instances (required hook)
         collate(instances of all good requests) one batch              (optional hook)
         predict(batch) -> Tensor [N, ...]       one forward pass       (required hook)
-        encode(row) -> JSON value               per instance, own try  (optional hook)
+        per request, own try: frame the answer in its envelope
+            native, v1 -> encode(row) per instance                     (optional hook)
+            OIP        -> encode_outputs(rows) -> [OutputTensor]       (optional hook)
 
 N requests in, N responses out. A request that fails decoding or encoding gets its
 own status (`context.set_response_status(code, phrase, idx)`) and a JSON body
@@ -24,13 +28,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar
 
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
+from handlers.decoded import Decoded, Instances
+from handlers.envelopes import Envelope, open_envelope
 from handlers.errors import (
     HandlerContractError,
     InternalError,
@@ -40,28 +45,10 @@ from handlers.errors import (
 )
 from handlers.options import NoOptions, parse_options
 from handlers.payload import Payload
+from handlers.tensors import OutputTensor, TensorSpec
 
+__all__ = ["Decoded", "ModelHandler", "pick_device"]
 logger = logging.getLogger(__name__)
-
-Instances = TypeVar("Instances", torch.Tensor, list)  # what decode gives per request
-
-
-@dataclass(frozen=True)
-class Decoded(Generic[Instances]):
-    """The instances one request carries.
-
-    `instances` is a tensor whose first dimension counts them, or a list of them.
-    `single` means the request sent one instance without a list around it, so its
-    answer is one object rather than a list of one.
-    """
-
-    instances: Instances
-    single: bool
-
-    def __post_init__(self) -> None:
-        if len(self.instances) == 0:
-            raise InvalidInput("request carries no instances: send at least one")
-
 
 def pick_device(system_properties: dict[str, Any]) -> torch.device:
     """CUDA when TorchServe assigned this worker a GPU (`gpu_id`) and CUDA works, else CPU."""
@@ -75,6 +62,7 @@ class ModelHandler(BaseHandler):
     """Base handler: subclasses implement `load`, `decode`, `predict` (and maybe `collate`, `encode`)."""
 
     Options: ClassVar[type] = NoOptions
+    INPUT: ClassVar[TensorSpec | None] = None  # the OIP input tensor; None: no OIP requests
 
     def __init__(self) -> None:
         super().__init__()
@@ -90,6 +78,10 @@ class ModelHandler(BaseHandler):
         """Validate one request and turn it into instances; raise a RequestError if bad (required)."""
         raise NotImplementedError
 
+    def decode_instances(self, values: list[Any], where: str) -> Instances:
+        """Instances from JSON values (KServe v1 `instances`, rows of an OIP tensor); raise if bad."""
+        raise InvalidInput("this model reads only its own request format, not KServe v1 or OIP")
+
     def collate(self, per_request: Sequence[Any]) -> Any:
         """Join the instances of all good requests into one batch on `self.device`."""
         if all(isinstance(item, torch.Tensor) for item in per_request):
@@ -103,6 +95,15 @@ class ModelHandler(BaseHandler):
     def encode(self, row: torch.Tensor) -> Any:
         """Turn one instance's output row into a JSON value."""
         return row.tolist()
+
+    def encode_outputs(self, rows: torch.Tensor) -> list[OutputTensor]:
+        """The OIP output tensors for one request's output rows."""
+        return [OutputTensor.of("output", "FP32", rows)]
+
+    @property
+    def max_instances(self) -> int | None:
+        """The per-request instance limit, from the `max_instances` option when there is one."""
+        return getattr(self.options, "max_instances", None)
 
     # ---- TorchServe entry points -----------------------------------------------------
     def initialize(self, context: Any) -> None:
@@ -118,51 +119,56 @@ class ModelHandler(BaseHandler):
     def handle(self, data: list[Any], context: Any) -> list[Any]:
         """Answer a batch: one response (and one status) per request, in order."""
         responses: list[Any] = [None] * len(data)
-        decoded: dict[int, Decoded] = {}
+        opened: dict[int, tuple[Envelope, Decoded]] = {}
         for index, item in enumerate(data):
+            envelope = Envelope()
             try:
-                decoded[index] = self.decode(Payload.from_torchserve(index, item, context))
+                envelope = open_envelope(Payload.parts_from_torchserve(index, item, context), context, index)
+                opened[index] = (envelope, envelope.decode(self))
             except Exception as error:  # noqa: BLE001 - converted to this request's status
-                responses[index] = self._fail(context, index, error, stage="decode")
-        if decoded:
-            self._run_batch(decoded, responses, context)
+                responses[index] = self._fail(context, index, error, "decode", envelope)
+        logger.info("batch: %d requests, %d rejected before inference, %d instances",
+                    len(data), len(data) - len(opened), sum(len(d.instances) for _, d in opened.values()))
+        if opened:
+            self._run_batch(opened, responses, context)
         return responses
 
     # ---- internals ---------------------------------------------------------------
-    def _run_batch(self, decoded: dict[int, Decoded], responses: list[Any], context: Any) -> None:
-        counts = [len(item.instances) for item in decoded.values()]
+    def _run_batch(self, opened: dict[int, tuple[Envelope, Decoded]], responses: list[Any],
+                   context: Any) -> None:
+        counts = [len(decoded.instances) for _, decoded in opened.values()]
         try:
-            with torch.inference_mode():
-                batch = self.collate([item.instances for item in decoded.values()])
-                outputs = self.predict(batch).detach().cpu()
+            outputs = self._forward([decoded.instances for _, decoded in opened.values()], sum(counts))
         except Exception as error:  # noqa: BLE001 - the forward pass fails every request in it
             failure = _batch_failure(error)
-            for index in decoded:
-                responses[index] = self._fail(context, index, failure, stage="predict")
+            for index, (envelope, _) in opened.items():
+                responses[index] = self._fail(context, index, failure, "predict", envelope)
             return
-        if len(outputs) != sum(counts):
-            bug = HandlerContractError(
-                f"{type(self).__name__}.predict returned {len(outputs)} rows for "
-                f"{sum(counts)} instances; return one output row per instance"
-            )
-            failure = _batch_failure(bug)
-            for index in decoded:
-                responses[index] = self._fail(context, index, failure, stage="predict")
-            return
-        for (index, item), rows in zip(decoded.items(), torch.split(outputs, counts), strict=True):
+        for (index, (envelope, decoded)), rows in zip(opened.items(), torch.split(outputs, counts),
+                                                       strict=True):
             try:
-                encoded = [self.encode(row) for row in rows]
-                body = encoded[0] if item.single else encoded
+                body = envelope.answer(self, rows, decoded.single)
                 responses[index] = self._succeed(context, index, body)
             except Exception as error:  # noqa: BLE001 - converted to this request's status
-                responses[index] = self._fail(context, index, error, stage="encode")
+                responses[index] = self._fail(context, index, error, "encode", envelope)
+
+    def _forward(self, per_request: list[Any], expected_rows: int) -> torch.Tensor:
+        """One collate and one forward pass for every instance; one output row each, on the CPU."""
+        with torch.inference_mode():
+            outputs = self.predict(self.collate(per_request)).detach().cpu()
+        if len(outputs) != expected_rows:
+            raise HandlerContractError(
+                f"{type(self).__name__}.predict returned {len(outputs)} rows for "
+                f"{expected_rows} instances; return one output row per instance"
+            )
+        return outputs
 
     def _succeed(self, context: Any, index: int, body: Any) -> str:
         text = json.dumps(body, allow_nan=False)  # a NaN output fails this request, not the JSON
         context.set_response_content_type(index, "application/json")
         return text
 
-    def _fail(self, context: Any, index: int, error: Exception, stage: str) -> str:
+    def _fail(self, context: Any, index: int, error: Exception, stage: str, envelope: Envelope) -> str:
         """The one place an exception becomes a response: status, reason and a JSON body."""
         if not isinstance(error, RequestError):
             logger.exception("request %d: unexpected error in %s", index, stage, exc_info=error)
@@ -171,7 +177,7 @@ class ModelHandler(BaseHandler):
             logger.info("request %d rejected (%d): %s", index, error.status, error.message)
         context.set_response_status(error.status, error.reason, index)
         context.set_response_content_type(index, "application/json")
-        return json.dumps(error.body())
+        return json.dumps(envelope.error_body(error))
 
 
 def _batch_failure(error: Exception) -> RequestError:

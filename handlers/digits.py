@@ -1,9 +1,14 @@
 """Handwritten-digit classifier trained on scikit-learn's 8x8 digits.
 
-Request: image bytes (PNG, JPEG, ... any size or mode) with an `image/*` or
-`application/octet-stream` content type. The image is resized to 8x8 by area
-averaging; dark ink on a light background is inverted automatically.
-Response: {"digit": 3, "probabilities": [10 numbers]}.
+Native request: image bytes (PNG, JPEG, ... any size or mode) as `image/*` or
+`application/octet-stream`; or JSON {"image": BASE64} / {"image": [BASE64, ...]};
+or a multipart form with one image file per field.
+KServe v1 instance: BASE64 or {"b64": BASE64}. OIP input: "image", BYTES, shape [N].
+(BASE64: standard or URL-safe base64 of the image file, or a `data:image/...;base64,` URI.)
+The image is resized to 8x8 by area averaging; dark ink on a light background is
+inverted automatically.
+Response: {"digit": 3, "probabilities": [10 numbers]}; OIP outputs "digit" (INT64 [N])
+and "probabilities" (FP32 [N, 10]).
 """
 
 from __future__ import annotations
@@ -16,35 +21,77 @@ import torch
 
 from handlers.architectures import DIGITS_SIDE, DigitsCNN
 from handlers.base import Decoded, ModelHandler
-from handlers.images import IMAGE_TYPES, open_image, to_digit_tensor
+from handlers.errors import InvalidInput, RequestError
+from handlers.images import IMAGE_TYPES, base64_bytes, open_image, to_digit_tensor
 from handlers.options import check_range
 from handlers.payload import Payload
-from handlers.validation import require_content_type
+from handlers.tensors import OutputTensor, TensorSpec
+from handlers.validation import check_count, require_content_type
 from handlers.weights import load_module
+
+_JSON_TYPES = frozenset({"application/json", "text/json"})
 
 
 class DigitsHandler(ModelHandler):
-    """One image per request; many requests share one forward pass."""
+    """Each image is one instance; many requests share one forward pass."""
+
+    INPUT = TensorSpec("image", frozenset({"BYTES"}))
 
     @dataclass(frozen=True)
     class Options:  # nested: TorchServe wants exactly one class per handler module
         weights: str = "digits.safetensors"
         max_pixels: int = 4096 * 4096
+        max_instances: int = 32
         ink: Literal["auto", "light", "dark"] = "auto"
 
         def __post_init__(self) -> None:
             check_range("max_pixels", self.max_pixels, 1)
+            check_range("max_instances", self.max_instances, 1)
 
     def load(self, model_dir: Path) -> None:
         self.model = load_module(DigitsCNN(), model_dir / self.options.weights, self.device)
 
     def decode(self, payload: Payload) -> Decoded:
-        require_content_type(payload, IMAGE_TYPES, "image bytes as image/png or image/jpeg")
-        image = open_image(payload.raw_bytes(), self.options.max_pixels)
-        return Decoded(to_digit_tensor(image, DIGITS_SIDE, self.options.ink), single=True)
+        if payload.parsed or payload.content_type in _JSON_TYPES:
+            return self._decode_json(payload.json())
+        require_content_type(  # no Content-Type at all: read the bytes as an image
+            payload, IMAGE_TYPES | {""},
+            'image bytes (image/png, image/jpeg, ...) or application/json {"image": BASE64}',
+        )
+        return Decoded(self._tensor(payload.raw_bytes()), single=True)
+
+    def decode_instances(self, values: list[Any], where: str) -> torch.Tensor:
+        return torch.cat([
+            self._tensor(base64_bytes(value, f"{where}[{number}]"), f"{where}[{number}]")
+            for number, value in enumerate(values)
+        ])
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.model(batch), dim=1)
 
     def encode(self, row: torch.Tensor) -> Any:
         return {"digit": int(row.argmax()), "probabilities": row.tolist()}
+
+    def encode_outputs(self, rows: torch.Tensor) -> list[OutputTensor]:
+        return [OutputTensor.of("digit", "INT64", rows.argmax(dim=1)),
+                OutputTensor.of("probabilities", "FP32", rows)]
+
+    def _decode_json(self, document: Any) -> Decoded:
+        if not isinstance(document, dict) or "image" not in document:
+            raise InvalidInput('expected a JSON object {"image": BASE64} or {"image": [BASE64, ...]}')
+        images = document["image"]
+        if not isinstance(images, list):
+            return Decoded(self._tensor(base64_bytes(images, "image"), "image"), single=True)
+        if not images:
+            raise InvalidInput("'image' is an empty list; send at least one image")
+        check_count(len(images), self.options.max_instances, "images")
+        return Decoded(self.decode_instances(images, "image"), single=False)
+
+    def _tensor(self, data: bytes, where: str = "body") -> torch.Tensor:
+        try:
+            image = open_image(data, self.options.max_pixels)
+            return to_digit_tensor(image, DIGITS_SIDE, self.options.ink)
+        except RequestError as error:
+            if where == "body":
+                raise
+            raise type(error)(f"'{where}': {error.message}") from None

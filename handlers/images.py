@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +45,27 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as error:
         raise InvalidInput(f"image could not be decoded ({error}); is it truncated?") from None
     return image
+
+
+def base64_bytes(value: Any, where: str) -> bytes:
+    """Bytes from a base64 string, a `data:` URI or {"b64": "..."}; anything else is a 400.
+
+    Standard and URL-safe alphabets are accepted, with or without padding and line breaks.
+    """
+    if isinstance(value, dict) and set(value) == {"b64"}:
+        value = value["b64"]
+    if not isinstance(value, str):
+        raise InvalidInput(f"'{where}' must be base64 image bytes as a string or {{\"b64\": \"...\"}}")
+    if value.startswith("data:"):
+        header, _, value = value.partition(",")
+        if not header.endswith(";base64"):
+            raise InvalidInput(f"'{where}' is a data: URI without ';base64'")
+    text = "".join(value.split())
+    text += "=" * (-len(text) % 4)
+    try:
+        return base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"'{where}' is not valid base64") from None
 
 
 def to_digit_tensor(image: Image.Image, side: int, ink: str) -> torch.Tensor:

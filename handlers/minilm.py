@@ -1,8 +1,10 @@
 """Sentence embeddings with all-MiniLM-L6-v2: mean pooling, L2-normalised, 384 numbers.
 
-Request: {"text": "a sentence"} or {"text": ["one", "two", ...]} as application/json,
-or the sentence itself as text/plain.
-Response: {"embedding": [384 numbers]} (a list of those for a list of texts).
+Native request: {"text": "a sentence"} or {"text": ["one", "two", ...]} as
+application/json, the sentence itself as text/plain, or a form with one text per field.
+KServe v1 instance: "a sentence" or {"text": "a sentence"}. OIP input: "text", BYTES, shape [N].
+Response: {"embedding": [384 numbers]} (a list of those for a list of texts); OIP
+output "embedding" (FP32 [N, 384]).
 Texts longer than `max_length` tokens are truncated, as sentence-transformers does;
 texts longer than `max_chars` characters are rejected with 413.
 """
@@ -20,6 +22,7 @@ from handlers.base import Decoded, ModelHandler
 from handlers.errors import InvalidInput, PayloadTooLarge
 from handlers.options import check_range
 from handlers.payload import Payload
+from handlers.tensors import OutputTensor, TensorSpec
 from handlers.validation import JSON_TYPES, check_count, require_content_type
 from handlers.weights import load_module
 
@@ -27,19 +30,21 @@ from handlers.weights import load_module
 class MiniLMHandler(ModelHandler):
     """Tokenises every text of every request together, so padding is per batch."""
 
+    INPUT = TensorSpec("text", frozenset({"BYTES"}))
+
     @dataclass(frozen=True)
     class Options:  # nested: TorchServe wants exactly one class per handler module
         weights: str = "model.safetensors"
         model_config: str = "config.json"
         tokenizer: str = "tokenizer.json"
         max_length: int = 256
-        max_texts: int = 64
+        max_instances: int = 64
         max_chars: int = 20_000
 
         def __post_init__(self) -> None:
             # BERT's position table has 512 entries: longer inputs would fail the whole batch.
             check_range("max_length", self.max_length, 2, 512)
-            check_range("max_texts", self.max_texts, 1)
+            check_range("max_instances", self.max_instances, 1)
             check_range("max_chars", self.max_chars, 1)
 
     def load(self, model_dir: Path) -> None:
@@ -63,10 +68,16 @@ class MiniLMHandler(ModelHandler):
             texts, single = [payload.text()], True
         else:
             texts, single = self._texts_from_json(payload.json())
-        check_count(len(texts), self.options.max_texts, "texts")
+        check_count(len(texts), self.options.max_instances, "texts")
         for position, text in enumerate(texts):
             self._check_text(text, "text" if single else f"text[{position}]")
         return Decoded(texts, single)
+
+    def decode_instances(self, values: list[Any], where: str) -> list[str]:
+        texts = [value.get("text") if isinstance(value, dict) else value for value in values]
+        for position, text in enumerate(texts):
+            self._check_text(text, f"{where}[{position}]")
+        return texts
 
     def collate(self, per_request: Any) -> dict[str, torch.Tensor]:
         texts = [text for texts in per_request for text in texts]
@@ -87,6 +98,9 @@ class MiniLMHandler(ModelHandler):
 
     def encode(self, row: torch.Tensor) -> Any:
         return {"embedding": row.tolist()}
+
+    def encode_outputs(self, rows: torch.Tensor) -> list[OutputTensor]:
+        return [OutputTensor.of("embedding", "FP32", rows)]
 
     def _texts_from_json(self, document: Any) -> tuple[list[Any], bool]:
         if not isinstance(document, dict) or "text" not in document:

@@ -1,40 +1,64 @@
-"""One request as the handler sees it, read from TorchServe's per-request dict.
+"""One request (or one form field of it) as the handler sees it.
 
-TorchServe hands `handle()` one dict per request: `body` for a raw body, field
-names for form data. JSON bodies with exactly `application/json` arrive decoded,
-`text/*` as str, anything else (and JSON that failed to parse) as bytes.
+TorchServe hands `handle()` one dict per request: `body` for a raw body (plus
+any query parameters), one entry per field for multipart and url-encoded forms.
+JSON bodies with exactly `application/json` arrive decoded, `text/*` as str,
+anything else (and JSON that failed to parse) as bytes.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from handlers.errors import InvalidInput, UnsupportedMediaType
 
-# Form fields or raw-body names TorchServe uses for the request's main input.
-_BODY_FIELDS = ("body", "data")
+_URLENCODED = "application/x-www-form-urlencoded"
 
 
 @dataclass(frozen=True)
 class Payload:
-    """The body of one request, its media type and its headers."""
+    """The body of one request or form field, its media type and the request's headers.
+
+    `parsed` means `body` is already the decoded JSON document.
+    """
 
     index: int
+    field: str
     body: Any
     content_type: str
     headers: Mapping[str, Any]
+    parsed: bool = False
 
     @classmethod
-    def from_torchserve(cls, index: int, item: Mapping[str, Any], context: Any) -> Payload:
-        """Pick the request's input field and its content type from TorchServe's dict."""
-        if not isinstance(item, Mapping):
-            raise InvalidInput("request carries no readable body")
-        field = _input_field(item)
+    def parts_from_torchserve(cls, index: int, item: Mapping[str, Any], context: Any) -> list[Payload]:
+        """The raw body, or each form field in the order sent (form fields without a type are text)."""
+        if not isinstance(item, Mapping) or not item:
+            raise InvalidInput("request carries no body and no form fields")
         headers = _request_headers(context, index)
-        return cls(index, item[field], _content_type(headers, field), headers)
+        if "body" in item:  # a raw body; any other entries are query parameters
+            content_type = _field_content_type(headers, "body") or _request_content_type(headers)
+            return [cls.of(index, "body", item["body"], content_type, headers)]
+        if _request_content_type(headers) == _URLENCODED and not any(item.values()):
+            raise UnsupportedMediaType(
+                "the body was sent as a url-encoded form (curl -d does this); "
+                "send it with its real type, e.g. -H 'Content-Type: application/json'"
+            )
+        return [
+            cls.of(index, str(name), value, _field_content_type(headers, name) or "text/plain", headers)
+            for name, value in item.items()
+        ]
+
+    @classmethod
+    def of(cls, index: int, field: str, body: Any, content_type: str, headers: Mapping[str, Any]) -> Payload:
+        parsed = content_type == "application/json" and not isinstance(body, (bytes, bytearray))
+        return cls(index, field, body, content_type, headers, parsed)
+
+    def with_document(self, document: Any) -> Payload:
+        """This payload with its JSON already parsed, so nobody parses it twice."""
+        return replace(self, body=document, parsed=True)
 
     def header(self, name: str) -> str | None:
         """A request header, looked up without regard to case."""
@@ -50,10 +74,10 @@ class Payload:
     def json(self) -> Any:
         """The body as JSON; a body that is not valid UTF-8 JSON is a 400.
 
-        TorchServe already decoded bodies sent as exactly application/json (any
-        non-bytes value then is the document itself); others are parsed here.
+        TorchServe already decoded bodies sent as exactly application/json; others
+        are parsed here.
         """
-        if self.content_type == "application/json" and not isinstance(self.body, (bytes, bytearray)):
+        if self.parsed:
             return self.body
         if self.is_empty():
             raise InvalidInput("empty request body: expected a JSON document")
@@ -67,7 +91,7 @@ class Payload:
 
     def text(self) -> str:
         """The body as text; undecodable bytes are a 400."""
-        if isinstance(self.body, str):
+        if isinstance(self.body, str) and not self.parsed:
             return self.body
         if isinstance(self.body, (bytes, bytearray)):
             try:
@@ -80,23 +104,11 @@ class Payload:
         """The body as bytes, as sent (str bodies are re-encoded as UTF-8)."""
         if isinstance(self.body, (bytes, bytearray)):
             return bytes(self.body)
-        if isinstance(self.body, str):
+        if isinstance(self.body, str) and not self.parsed:
             return self.body.encode("utf-8")
         raise UnsupportedMediaType(
             f"expected binary data, got a JSON body (content type '{self.content_type}')"
         )
-
-
-def _input_field(item: Mapping[str, Any]) -> str:
-    for name in _BODY_FIELDS:
-        if name in item:
-            return name
-    if len(item) == 1:
-        return next(iter(item))
-    if not item:
-        raise InvalidInput("empty request: no body and no form fields")
-    fields = ", ".join(sorted(map(str, item)))
-    raise InvalidInput(f"expected one form field named 'data' (or a raw body), got: {fields}")
 
 
 def _request_headers(context: Any, index: int) -> Mapping[str, Any]:
@@ -107,13 +119,17 @@ def _request_headers(context: Any, index: int) -> Mapping[str, Any]:
     return headers if isinstance(headers, Mapping) else {}
 
 
-def _content_type(headers: Mapping[str, Any], field: str) -> str:
-    """The media type of `field` (TorchServe files it under the field's name), lower-cased."""
+def _field_content_type(headers: Mapping[str, Any], field: str) -> str:
+    """The media type TorchServe filed under the field's name, lower-cased, without parameters."""
     per_field = headers.get(field)
     value = per_field.get("content-type") if isinstance(per_field, Mapping) else None
-    if not value:
-        value = next(
-            (v for k, v in headers.items() if k.lower() == "content-type" and isinstance(v, str)),
-            "",
-        )
-    return str(value).split(";", 1)[0].strip().lower()
+    return _media_type(value)
+
+
+def _request_content_type(headers: Mapping[str, Any]) -> str:
+    value = next((v for k, v in headers.items() if k.lower() == "content-type" and isinstance(v, str)), "")
+    return _media_type(value)
+
+
+def _media_type(value: Any) -> str:
+    return str(value or "").split(";", 1)[0].strip().lower()

@@ -1,8 +1,11 @@
 """Breast-cancer classifier: 30 raw feature values in, class and probabilities out.
 
-Request (application/json): {"features": [30 numbers]} or {"features": [[30 numbers], ...]}
+Native request (application/json): {"features": [30 numbers]} or {"features": [[30 numbers], ...]}
+KServe v1 instance: [30 numbers] or {"features": [30 numbers]}
+OIP input: "features", shape [N, 30], any numeric datatype
 Response: {"label": "benign", "class_index": 1, "probabilities": {"malignant": 0.01, "benign": 0.99}}
-(a list of those when a list of rows was sent).
+(a list of those when a list of rows was sent); OIP outputs "label" (BYTES [N]),
+"class_index" (INT64 [N]) and "probabilities" (FP32 [N, 2]).
 """
 
 from __future__ import annotations
@@ -18,21 +21,26 @@ from handlers.base import Decoded, ModelHandler
 from handlers.errors import InvalidInput
 from handlers.options import OptionsError, check_range
 from handlers.payload import Payload
-from handlers.validation import JSON_TYPES, float_rows, require_content_type
+from handlers.tensors import NUMBER_TYPES, OutputTensor, TensorSpec
+from handlers.validation import JSON_TYPES, float_matrix, float_rows, require_content_type
 from handlers.weights import load_module
+
+_EXPECTED = f'a JSON object {{"features": [{TABULAR_FEATURES} numbers]}}'
 
 
 class TabularHandler(ModelHandler):
     """Scaling lives inside the model, so clients send raw feature values."""
 
+    INPUT = TensorSpec("features", NUMBER_TYPES, (TABULAR_FEATURES,))
+
     @dataclass(frozen=True)
     class Options:  # nested: TorchServe wants exactly one class per handler module
         weights: str = "tabular.safetensors"
         class_names: tuple[str, ...] = ("malignant", "benign")
-        max_rows: int = 256
+        max_instances: int = 256
 
         def __post_init__(self) -> None:
-            check_range("max_rows", self.max_rows, 1)
+            check_range("max_instances", self.max_instances, 1)
             if len(self.class_names) != TABULAR_CLASSES:
                 raise OptionsError("class_names", f"needs {TABULAR_CLASSES} names, one per class")
 
@@ -43,13 +51,16 @@ class TabularHandler(ModelHandler):
         require_content_type(payload, JSON_TYPES, "application/json")
         document = payload.json()
         if not isinstance(document, dict) or "features" not in document:
-            raise InvalidInput(
-                f'expected a JSON object {{"features": [{TABULAR_FEATURES} numbers]}}'
-            )
+            raise InvalidInput(f"expected {_EXPECTED}")
         rows, single = float_rows(
-            document["features"], TABULAR_FEATURES, "features", self.options.max_rows
+            document["features"], TABULAR_FEATURES, "features", self.options.max_instances
         )
         return Decoded(rows, single)
+
+    def decode_instances(self, values: list[Any], where: str) -> torch.Tensor:
+        rows = [value.get("features") if isinstance(value, dict) else value for value in values]
+        names = [f"{where}[{number}]" for number in range(len(values))]
+        return float_matrix(rows, TABULAR_FEATURES, names)
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.model(batch), dim=1)
@@ -63,3 +74,11 @@ class TabularHandler(ModelHandler):
             "class_index": best,
             "probabilities": dict(zip(names, probabilities, strict=True)),
         }
+
+    def encode_outputs(self, rows: torch.Tensor) -> list[OutputTensor]:
+        best = rows.argmax(dim=1)
+        return [
+            OutputTensor.of("label", "BYTES", [self.options.class_names[i] for i in best.tolist()]),
+            OutputTensor.of("class_index", "INT64", best),
+            OutputTensor.of("probabilities", "FP32", rows),
+        ]

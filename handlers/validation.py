@@ -36,11 +36,17 @@ def float_rows(value: Any, width: int, field: str, max_rows: int) -> tuple[torch
     if not isinstance(value, list) or not value:
         raise InvalidInput(f"'{field}' must be a list of {width} numbers or a list of such lists")
     single = not isinstance(value[0], list)
-    rows = [value] if single else value
-    check_count(len(rows), max_rows, "rows")
-    for number, row in enumerate(rows):
-        _check_row(row, width, f"{field}" if single else f"{field}[{number}]")
-    return torch.tensor(rows, dtype=torch.float32), single
+    if single:
+        return float_matrix([value], width, [field]), True
+    check_count(len(value), max_rows, "rows")
+    return float_matrix(value, width, [f"{field}[{number}]" for number in range(len(value))]), False
+
+
+def float_matrix(rows: list[Any], width: int, names: list[str]) -> torch.Tensor:
+    """Rows of exactly `width` finite float32 numbers as a tensor [N, width]; `names` name each row."""
+    for row, where in zip(rows, names, strict=True):
+        _check_row(row, width, where)
+    return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), width)
 
 
 def _check_row(row: Any, width: int, where: str) -> None:

@@ -29,12 +29,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
 
 from handlers.base import ModelHandler
 from handlers.options import OptionsError, parse_options
+
+CONFIG_DIR = Path("configs/models")  # one YAML per model, relative to the repository root
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 VERSION_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
@@ -102,7 +105,11 @@ def load_spec(path: Path, root: Path = Path(".")) -> ModelSpec:
 
 def handler_class(handler: Path) -> type[ModelHandler]:
     """The one ModelHandler subclass defined in `handlers/NAME.py`."""
-    module = importlib.import_module(".".join(handler.with_suffix("").parts))
+    return find_handler_class(importlib.import_module(".".join(handler.with_suffix("").parts)), handler)
+
+
+def find_handler_class(module: ModuleType, handler: Path) -> type[ModelHandler]:
+    """The one ModelHandler subclass `module` defines (TorchServe loads exactly that one)."""
     found = [
         value for value in vars(module).values()
         if isinstance(value, type) and issubclass(value, ModelHandler)

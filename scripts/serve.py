@@ -73,7 +73,7 @@ def curl_line(url: str, example: Example) -> str:
 
 def show_examples(client: TorchServeClient, store: Path) -> None:
     """Print and try a curl line for every model whose config gives an example."""
-    for config in sorted(Path("configs/models").glob("*.yaml")):
+    for config in sorted(CONFIG_DIR.glob("*.yaml")):
         try:
             spec = load_spec(config)
         except ConfigError:

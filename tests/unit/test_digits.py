@@ -41,9 +41,11 @@ def test_good_and_bad_images_in_one_batch(digits: LocalModel) -> None:
         RawRequest(big_dark_on_light(images[1], "PNG"), "image/png"),  # 64x64, inverted, RGB
         RawRequest(b"\x00\x01garbage" * 10, "application/octet-stream"),
         RawRequest(big_dark_on_light(images[2], "JPEG"), "image/jpeg"),
-        RawRequest.json({"image": "not supported here"}),
+        RawRequest.json({"image": "not base64!"}),
+        RawRequest(png, "text/csv"),
     ])
-    assert [r.status for r in results] == [200, 400, 200, 400, 200, 415]
+    assert [r.status for r in results] == [200, 400, 200, 400, 200, 400, 415]
+    assert results[5].json()["error"] == "'image' is not valid base64"
     assert results[0].json()["digit"] == expected[0]
     assert results[2].json()["digit"] == expected[1]
     assert results[4].json()["digit"] == expected[2]

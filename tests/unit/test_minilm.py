@@ -54,7 +54,7 @@ def test_lone_surrogate_fails_only_its_own_request(minilm: LocalModel) -> None:
 
 
 def test_limits_are_413() -> None:
-    with LocalModel.from_config(CONFIG, {"max_texts": 2, "max_chars": 10}) as small:
+    with LocalModel.from_config(CONFIG, {"max_instances": 2, "max_chars": 10}) as small:
         results = small.run([
             RawRequest.json({"text": ["a", "b", "c"]}),
             RawRequest.json({"text": "x" * 11}),

@@ -37,7 +37,7 @@ def write(tmp_path: Path, **changes: object) -> Path:
         ({"model_config": {"minWorkers": 3, "maxWorkers": 1}}, "model_config.minWorkers", "<="),
         ({"model_config": {"deviceType": "tpu"}}, "model_config.deviceType", "deviceType: gpu"),
         ({"model_config": {"batchsize": 8}}, "model_config.batchsize", "batchSize"),
-        ({"model_config": {"handler": {"max_rows": "many"}}}, "model_config.handler.max_rows",
+        ({"model_config": {"handler": {"max_instances": "many"}}}, "model_config.handler.max_instances",
          "TabularHandler.Options"),
         ({"model_config": {"handler": {"colour": 1}}}, "model_config.handler.colour", "Options"),
         ({"model_config": {"handler": {"class_names": ["a"]}}}, "model_config.handler.class_names",

@@ -1,0 +1,174 @@
+"""The three request shapes every handler speaks, chosen per request from the body.
+
+- native:      the model's own JSON or raw body (image bytes, plain text), or
+               several form fields, each read as a native body;
+- KServe v1:   {"instances": [...]}                      -> {"predictions": [...]}
+- OIP (v2):    {"inputs": [{"name", "shape", "datatype", "data"}], "id"?,
+               "parameters"?, "outputs"?}               -> {"model_name", "model_version",
+                                                            "id", "outputs": [...]}
+
+TorchServe hands all routes (`/predictions/NAME`, `/v1/models/NAME:predict`,
+`/v2/models/NAME/infer`) the raw body and no URL, so the body decides. Requests
+in one batch may use different shapes: each envelope decodes its own request
+into instances for the shared forward pass and frames its own answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from handlers.decoded import Decoded
+from handlers.errors import InvalidInput, RequestError
+from handlers.payload import Payload
+from handlers.tensors import instance_values
+from handlers.validation import check_count
+
+if TYPE_CHECKING:
+    from handlers.base import ModelHandler
+
+# Media types whose body may be a KServe v1 or OIP document ("" is no Content-Type at all).
+_ENVELOPE_TYPES = frozenset({"application/json", "text/json", ""})
+_OIP_KEYS = frozenset({"id", "parameters", "inputs", "outputs"})
+
+
+class Envelope:
+    """Native framing: the handler decodes the body and each instance is answered by `encode`."""
+
+    def __init__(self, parts: Sequence[Payload] = ()) -> None:
+        self.parts = list(parts)
+
+    def decode(self, handler: ModelHandler) -> Decoded:
+        if len(self.parts) == 1:
+            return handler.decode(self.parts[0])
+        return _join_form_fields(handler, self.parts)
+
+    def answer(self, handler: ModelHandler, rows: torch.Tensor, single: bool) -> Any:
+        encoded = [handler.encode(row) for row in rows]
+        return encoded[0] if single else encoded
+
+    def error_body(self, error: RequestError) -> dict[str, Any]:
+        return error.body()
+
+
+class KServeV1(Envelope):
+    """{"instances": [...]} in, {"predictions": [...]} out, one prediction per instance."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        super().__init__()
+        self.document = document
+
+    def decode(self, handler: ModelHandler) -> Decoded:
+        instances = self.document["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise InvalidInput("'instances' must be a non-empty list of instances")
+        check_count(len(instances), handler.max_instances, "instances")
+        return Decoded(handler.decode_instances(instances, "instances"), single=False)
+
+    def answer(self, handler: ModelHandler, rows: torch.Tensor, single: bool) -> Any:
+        return {"predictions": [handler.encode(row) for row in rows]}
+
+
+class OpenInference(Envelope):
+    """An Open Inference Protocol (KServe v2) request; errors are {"error": "..."} as the spec says."""
+
+    def __init__(self, document: dict[str, Any], context: Any, index: int) -> None:
+        super().__init__()
+        self.document = document
+        model = (getattr(context, "manifest", None) or {}).get("model", {})
+        self.model_name = str(model.get("modelName", getattr(context, "model_name", "")))
+        self.model_version = str(model.get("modelVersion", ""))
+        self.request_id = _request_id(document, context, index)
+        self.wanted_outputs: list[str] = []
+
+    def decode(self, handler: ModelHandler) -> Decoded:
+        document = self.document
+        unknown = sorted(set(document) - _OIP_KEYS)
+        if unknown:
+            raise InvalidInput(f"unknown keys {unknown}; an OIP request has {sorted(_OIP_KEYS)}")
+        if not isinstance(document.get("id", ""), str):
+            raise InvalidInput("'id' must be a string")
+        if not isinstance(document.get("parameters", {}), dict):
+            raise InvalidInput("'parameters' must be an object")
+        self.wanted_outputs = _wanted_outputs(document.get("outputs", []))
+        inputs = document["inputs"]
+        if handler.INPUT is None:
+            raise InvalidInput("this model does not take Open Inference Protocol requests")
+        if not isinstance(inputs, list) or len(inputs) != 1:
+            raise InvalidInput(
+                f"'inputs' must be a list of exactly one tensor (this model's input "
+                f"'{handler.INPUT.name}', shape {handler.INPUT.expected_shape()})"
+            )
+        values = instance_values(inputs[0], handler.INPUT, "inputs[0]")
+        check_count(len(values), handler.max_instances, "instances")
+        return Decoded(handler.decode_instances(values, "inputs[0]"), single=False)
+
+    def answer(self, handler: ModelHandler, rows: torch.Tensor, single: bool) -> Any:
+        outputs = {tensor.name: tensor for tensor in handler.encode_outputs(rows)}
+        missing = [name for name in self.wanted_outputs if name not in outputs]
+        if missing:
+            raise InvalidInput(f"requested outputs {missing} do not exist; this model has {list(outputs)}")
+        chosen = [outputs[name] for name in self.wanted_outputs] or list(outputs.values())
+        return {
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "id": self.request_id,
+            "outputs": [tensor.to_json() for tensor in chosen],
+        }
+
+    def error_body(self, error: RequestError) -> dict[str, Any]:
+        return {"error": error.message}
+
+
+def open_envelope(parts: Sequence[Payload], context: Any, index: int) -> Envelope:
+    """Pick the request's framing from its body; anything that is not v1 or OIP is native."""
+    if len(parts) != 1 or parts[0].content_type not in _ENVELOPE_TYPES:
+        return Envelope(parts)
+    try:
+        document = parts[0].json()
+    except RequestError:
+        return Envelope(parts)  # not JSON: the handler reads it (an image, text) or says why not
+    if isinstance(document, dict) and "inputs" in document and "instances" in document:
+        raise InvalidInput("a request has either 'instances' (KServe v1) or 'inputs' (OIP), not both")
+    if isinstance(document, dict) and "inputs" in document:
+        return OpenInference(document, context, index)
+    if isinstance(document, dict) and "instances" in document:
+        return KServeV1(document)
+    return Envelope([parts[0].with_document(document)])
+
+
+def _join_form_fields(handler: ModelHandler, parts: Sequence[Payload]) -> Decoded:
+    """Each form field is a native body; their instances are joined in the order sent."""
+    pieces = []
+    for part in parts:
+        try:
+            pieces.append(handler.decode(part).instances)
+        except RequestError as error:
+            raise type(error)(f"form field '{part.field}': {error.message}") from None
+    if all(isinstance(piece, torch.Tensor) for piece in pieces):
+        joined: Any = torch.cat(pieces)
+    else:
+        joined = [instance for piece in pieces for instance in piece]
+    check_count(len(joined), handler.max_instances, "instances")
+    return Decoded(joined, single=False)
+
+
+def _wanted_outputs(outputs: Any) -> list[str]:
+    if not isinstance(outputs, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+    ):
+        raise InvalidInput("'outputs' must be a list of objects with a 'name'")
+    return [output["name"] for output in outputs]
+
+
+def _request_id(document: dict[str, Any], context: Any, index: int) -> str:
+    """The client's `id` when it sent one (echoed, as OIP requires), else TorchServe's request id."""
+    given = document.get("id")
+    if isinstance(given, str):
+        return given
+    try:
+        return str(context.get_request_id(index))
+    except (AttributeError, KeyError, TypeError):
+        return ""

@@ -40,7 +40,6 @@ from ts.service import Service
 from handlers.base import ModelHandler
 from scripts.model_config import CONFIG_DIR, find_handler_class, handler_class, load_spec
 
-
 URLENCODED = "application/x-www-form-urlencoded"
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import requests
 
 from scripts.client import KeyFile, TorchServeClient, TorchServeError, ready_workers
-from scripts.model_config import ConfigError, Example, load_spec
+from scripts.model_config import CONFIG_DIR, ConfigError, Example, load_spec
 
 logger = logging.getLogger(__name__)
 LOG_DIR = Path("logs")

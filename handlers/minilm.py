@@ -74,9 +74,13 @@ class MiniLMHandler(ModelHandler):
         return Decoded(texts, single)
 
     def decode_instances(self, values: list[Any], where: str) -> list[str]:
-        texts = [value.get("text") if isinstance(value, dict) else value for value in values]
-        for position, text in enumerate(texts):
+        texts = []
+        for position, value in enumerate(values):
+            if isinstance(value, dict) and "text" not in value:
+                raise InvalidInput(f"'{where}[{position}]' must be a string or {{\"text\": \"...\"}}")
+            text = value["text"] if isinstance(value, dict) else value
             self._check_text(text, f"{where}[{position}]")
+            texts.append(text)
         return texts
 
     def collate(self, per_request: Any) -> dict[str, torch.Tensor]:

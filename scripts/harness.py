@@ -158,6 +158,7 @@ class LocalModel:
         if module_spec is None or module_spec.loader is None:
             raise ValueError(f"{path}: cannot import its handler {model['handler']}")
         module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_spec.name] = module  # dataclasses look their module up while defining
         module_spec.loader.exec_module(module)
         handler = find_handler_class(module, Path(model["handler"]))()
         loaded = cls(handler, model["modelName"], root, model_config or {}, model.get("modelVersion", ""))

@@ -13,7 +13,7 @@ import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 import numpy as np
@@ -92,8 +92,7 @@ def huge_png() -> bytes:
 def bad_calls() -> list[Bad]:
     row = datasets.breast_cancer().held_out_x[0].tolist()
     png = digit_png(datasets.digits().held_out_x[0])
-    tabular, digits, minilm = (lambda **kw: Call("tabular", **kw)), (lambda **kw: Call("digits", **kw)), (
-        lambda **kw: Call("minilm", **kw))
+    tabular, digits, minilm = (partial(Call, model) for model in MODELS)
     return [
         # ---- tabular: native JSON
         Bad(tabular(body=b"{oops"), 400, "not valid JSON"),
@@ -157,7 +156,8 @@ def bad_calls() -> list[Bad]:
         Bad(minilm(body=png, content_type="image/png"), 415, "send application/json"),
         Bad(minilm(body=oip("text", "BYTES", [2], ["only one"]), route="oip"), 400,
             "holds 2 elements but data has 1", oip=True),
-        Bad(minilm(body=oip("text", "BYTES", [1], [7]), route="oip"), 400, "not a valid BYTES value", oip=True),
+        Bad(minilm(body=oip("text", "BYTES", [1], [7]), route="oip"), 400, "not a valid BYTES value",
+            oip=True),
         Bad(minilm(body=as_json({"instances": [{"txt": "x"}]}), route="kserve-v1"), 400,
             "'instances[0]' must be a string"),
     ]
@@ -184,8 +184,8 @@ def good_calls() -> list[Good]:
              lambda a: [x["digit"] for x in a]),
         Good(Call("digits", as_json({"instances": [{"b64": b64(pngs[3])}]}), route="kserve-v1"),
              digits[3:4], lambda a: [x["digit"] for x in a["predictions"]]),
-        Good(Call("digits", oip("image", "BYTES", [2], [b64(p) for p in pngs[4:6]]), route="oip"),
-             digits[4:6], lambda a: oip_output(a, "digit")),
+        Good(Call("digits", oip("image", "BYTES", [2], [b64(p) for p in pngs[4:6]]),
+                  route="oip"), digits[4:6], lambda a: oip_output(a, "digit")),
         Good(Call("digits", form=(FormField("a", pngs[0], "image/png"), FormField("b", pngs[1], "image/png"))),
              digits[:2], lambda a: [x["digit"] for x in a]),
         Good(Call("minilm", as_json({"text": texts[0]})), texts[:1], lambda a: [a["embedding"]]),

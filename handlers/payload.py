@@ -35,17 +35,20 @@ class Payload:
     @classmethod
     def parts_from_torchserve(cls, index: int, item: Mapping[str, Any], context: Any) -> list[Payload]:
         """The raw body, or each form field in the order sent (form fields without a type are text)."""
-        if not isinstance(item, Mapping) or not item:
-            raise InvalidInput("request carries no body and no form fields")
+        if not isinstance(item, Mapping):
+            raise InvalidInput("request carries no readable body")
         headers = _request_headers(context, index)
         if "body" in item:  # a raw body; any other entries are query parameters
             content_type = _field_content_type(headers, "body") or _request_content_type(headers)
             return [cls.of(index, "body", item["body"], content_type, headers)]
         if _request_content_type(headers) == _URLENCODED and not any(item.values()):
+            # TorchServe parsed a body such as '{"x": 1}' as a form and found no fields in it.
             raise UnsupportedMediaType(
                 "the body was sent as a url-encoded form (curl -d does this); "
                 "send it with its real type, e.g. -H 'Content-Type: application/json'"
             )
+        if not item:
+            raise InvalidInput("request carries no body and no form fields")
         return [
             cls.of(index, str(name), value, _field_content_type(headers, name) or "text/plain", headers)
             for name, value in item.items()

@@ -1,10 +1,9 @@
-"""End to end over HTTP: real models, real TorchServe, held-out data, mixed good and bad requests."""
+"""End to end over HTTP: real models, real TorchServe, held-out data (bad input: test_protocols.py)."""
 
 from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 import pytest
@@ -34,11 +33,6 @@ def post_all(server: Server, calls: list[tuple[str, bytes, str]]) -> list[reques
     """Send every call at once from CONCURRENCY threads, so TorchServe batches them."""
     with ThreadPoolExecutor(CONCURRENCY) as pool:
         return list(pool.map(lambda call: post(server, *call), calls))
-
-
-def worker_pids(server: Server) -> dict[str, list[int]]:
-    with server.client() as client:
-        return {m: sorted(w["pid"] for v in client.describe(m) for w in v["workers"]) for m in MODELS}
 
 
 def test_archives_carry_their_yaml_model_config(server: Server) -> None:
@@ -91,55 +85,3 @@ def test_minilm_matches_sentence_transformers(server: Server) -> None:
         np.linalg.norm(ours, axis=1) * np.linalg.norm(reference, axis=1))
     FIGURES["minilm cosine to sentence-transformers (min)"] = f"{cosines.min():.6f}"
     assert cosines.min() >= 0.9999
-
-
-def mixed_wave() -> list[tuple[tuple[str, bytes, str], Any]]:
-    """Calls with what each must get back: an int class/digit, or an int 4xx status."""
-    cancer, digits = datasets.breast_cancer(), datasets.digits()
-    rows, images = cancer.held_out_x[:12], digits.held_out_x[:12]
-    good_rows, good_digits = reference_tabular(rows), reference_digits(images)
-    png = digit_png(images[0])
-    bad: list[tuple[tuple[str, bytes, str], Any]] = [
-        (("tabular", b"{oops", "application/json"), 400),
-        (("tabular", json.dumps({"features": [1.0] * 29}).encode(), "application/json"), 400),
-        (("tabular", b'{"features": [NaN]}', "application/json"), 400),
-        (("tabular", png, "image/png"), 415),
-        (("digits", png[:40], "image/png"), 400),
-        (("digits", b"not an image at all", "application/octet-stream"), 400),
-        (("digits", b'{"x": 1}', "application/json"), 415),
-        (("minilm", b'{"text": ""}', "application/json"), 400),
-        (("minilm", b'{"text": 5}', "application/json"), 400),
-        (("minilm", b"[1, 2", "application/json"), 400),
-    ]
-    good: list[tuple[tuple[str, bytes, str], Any]] = []
-    for row, label in zip(rows, good_rows, strict=True):
-        good.append((("tabular", json.dumps({"features": row.tolist()}).encode(),
-                      "application/json"), ("class_index", int(label))))
-    for image, label in zip(images, good_digits, strict=True):
-        good.append((("digits", digit_png(image), "image/png"), ("digit", int(label))))
-    for text in SENTENCES[:4]:
-        good.append((("minilm", json.dumps({"text": text}).encode(), "application/json"),
-                     ("embedding", None)))
-    # Interleave so bad requests ride in the same batches as good ones.
-    wave = []
-    for index in range(max(len(good), len(bad))):
-        wave.extend(good[index:index + 1] + bad[index:index + 1])
-    return wave
-
-
-def test_mixed_wave_good_answers_right_bad_ones_own_4xx_workers_survive(server: Server) -> None:
-    before = worker_pids(server)
-    wave = mixed_wave() * 3
-    answers = post_all(server, [call for call, _ in wave])
-    for (call, expected), answer in zip(wave, answers, strict=True):
-        if isinstance(expected, int):
-            assert answer.status_code == expected, (call[0], answer.text)
-            assert answer.json()["error"], answer.text
-        else:
-            field, value = expected
-            assert answer.status_code == 200, (call[0], answer.text)
-            if value is None:
-                assert len(answer.json()[field]) == 384
-            else:
-                assert answer.json()[field] == value
-    assert worker_pids(server) == before

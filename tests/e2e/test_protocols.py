@@ -1,0 +1,126 @@
+"""Over HTTP against a real TorchServe: the bad-input battery riding in batches with good
+requests of every shape, on every route, and an independent OIP client on /v2.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from scripts import datasets
+from tests.battery import Bad, Call, Good, bad_calls, check_bad, check_good, good_calls
+from tests.e2e.conftest import FIGURES, MODELS, Server
+from tests.helpers import SENTENCES, reference_tabular, sentence_transformers_embeddings
+
+pytestmark = pytest.mark.e2e
+CONCURRENCY = 16
+BATCH_LINE = re.compile(r"batch: (\d+) requests, (\d+) rejected before inference")
+
+
+def send(server: Server, call: Call) -> requests.Response:
+    url = server.inference_url + call.path()
+    if call.form:  # a file part has a content type; a plain field has neither filename nor type
+        files = [(f.name, (f.name if f.content_type else None, f.value, f.content_type)) for f in call.form]
+        return requests.post(url, files=files, timeout=60)
+    return requests.post(url, data=call.body, headers={"Content-Type": call.content_type}, timeout=60)
+
+
+def worker_pids(server: Server) -> dict[str, list[int]]:
+    with server.client() as client:
+        return {m: sorted(w["pid"] for v in client.describe(m) for w in v["workers"]) for m in MODELS}
+
+
+def log_since(log: Path, offset: int) -> str:
+    with log.open("rb") as handle:
+        handle.seek(offset)
+        return handle.read().decode("utf-8", "replace")
+
+
+def batches_logged(text: str) -> list[tuple[int, int]]:
+    """(requests, rejected) for every batch our handlers logged (one line per batch)."""
+    return [(int(m[1]), int(m[2])) for m in BATCH_LINE.finditer(text)]
+
+
+def test_battery_rides_in_batches_with_good_requests_and_workers_survive(server: Server) -> None:
+    bad, good = bad_calls(), good_calls()
+    goods = itertools.cycle(good)
+    wave: list[Bad | Good] = [item for b in bad for item in (b, next(goods), next(goods))] * 3
+    embeddings = dict(zip(SENTENCES, sentence_transformers_embeddings(SENTENCES), strict=True))
+    log = server.workdir / "logs" / "model_log.log"
+    offset = log.stat().st_size
+    before = worker_pids(server)
+
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        answers = list(pool.map(lambda item: send(server, item.call), wave))
+
+    for item, answer in zip(wave, answers, strict=True):
+        if isinstance(item, Bad):
+            check_bad(item, answer.status_code, answer.text)
+        else:
+            assert answer.status_code == 200, (item.call.model, item.call.route, answer.text)
+            check_good(item, answer.json(), embeddings)
+    assert worker_pids(server) == before
+    logged = log_since(log, offset)
+    # Client mistakes are logged at INFO; only handler bugs take these paths (with a traceback).
+    assert "unexpected error" not in logged and "forward pass failed" not in logged
+    batches = batches_logged(logged)
+    mixed = [(size, rejected) for size, rejected in batches if 0 < rejected < size]
+    FIGURES["battery"] = (f"{len(bad)} distinct bad requests x3 with {2 * len(wave) // 3} good ones; "
+                          f"{len(batches)} batches, largest {max(s for s, _ in batches)} requests, "
+                          f"{len(mixed)} held good and bad requests together")
+    assert max(size for size, _ in batches) >= 4, batches
+    assert mixed, f"no batch held both good and bad requests: {batches}"
+
+
+def test_every_route_gives_the_same_answer(server: Server) -> None:
+    row = datasets.breast_cancer().held_out_x[0].tolist()
+    expected = int(reference_tabular(np.array([row], dtype=np.float32))[0])
+    routes = {
+        "/predictions/tabular": {"features": row},
+        "/predictions/tabular/1.0": {"features": row},
+        "/v1/models/tabular:predict": {"instances": [row]},
+        "/v2/models/tabular/infer": {"inputs": [{"name": "features", "shape": [1, 30],
+                                                 "datatype": "FP32", "data": row}]},
+    }
+    got = {}
+    for path, document in routes.items():
+        answer = requests.post(server.inference_url + path, json=document, timeout=60)
+        assert answer.status_code == 200, (path, answer.text)
+        body = answer.json()
+        got[path] = (body.get("class_index") if "class_index" in body
+                     else body["predictions"][0]["class_index"] if "predictions" in body
+                     else next(o["data"][0] for o in body["outputs"] if o["name"] == "class_index"))
+    assert set(got.values()) == {expected}, got
+
+
+def test_an_independent_oip_client_works_on_v2_infer(server: Server) -> None:
+    import tritonclient.http as triton
+
+    rows = datasets.breast_cancer().held_out_x[:5]
+    host = server.inference_url.removeprefix("http://")
+    client = triton.InferenceServerClient(url=host, network_timeout=60.0)
+    try:
+        features = triton.InferInput("features", list(rows.shape), "FP32")
+        features.set_data_from_numpy(rows.astype(np.float32), binary_data=False)
+        result = client.infer("tabular", [features], request_id="triton-1", outputs=[
+            triton.InferRequestedOutput("class_index", binary_data=False),
+            triton.InferRequestedOutput("label", binary_data=False)])
+        np.testing.assert_array_equal(result.as_numpy("class_index"), reference_tabular(rows))
+        assert result.get_response()["id"] == "triton-1"
+        assert set(result.as_numpy("label").astype(str)) <= {"malignant", "benign"}
+
+        texts = triton.InferInput("text", [2], "BYTES")
+        texts.set_data_from_numpy(np.array([s.encode() for s in SENTENCES[:2]], dtype=object),
+                                  binary_data=False)
+        embedded = client.infer("minilm", [texts]).as_numpy("embedding")
+        reference = sentence_transformers_embeddings(SENTENCES[:2])
+        assert embedded.shape == (2, 384)
+        assert float((embedded * reference).sum(axis=1).min()) >= 0.9999
+    finally:
+        client.close()

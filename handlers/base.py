@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from handlers.decoded import Decoded, Instances
+from handlers.decoded import Decoded, join_instances
 from handlers.envelopes import Envelope, open_envelope
 from handlers.errors import (
     HandlerContractError,
@@ -63,6 +63,7 @@ class ModelHandler(BaseHandler):
 
     Options: ClassVar[type] = NoOptions
     INPUT: ClassVar[TensorSpec | None] = None  # the OIP input tensor; None: no OIP requests
+    OUTPUTS: ClassVar[tuple[str, ...]] = ("output",)  # the OIP output names encode_outputs gives
 
     def __init__(self) -> None:
         super().__init__()
@@ -78,15 +79,14 @@ class ModelHandler(BaseHandler):
         """Validate one request and turn it into instances; raise a RequestError if bad (required)."""
         raise NotImplementedError
 
-    def decode_instances(self, values: list[Any], where: str) -> Instances:
+    def decode_instances(self, values: list[Any], where: str) -> torch.Tensor | list[Any]:
         """Instances from JSON values (KServe v1 `instances`, rows of an OIP tensor); raise if bad."""
         raise InvalidInput("this model reads only its own request format, not KServe v1 or OIP")
 
     def collate(self, per_request: Sequence[Any]) -> Any:
         """Join the instances of all good requests into one batch on `self.device`."""
-        if all(isinstance(item, torch.Tensor) for item in per_request):
-            return torch.cat(list(per_request)).to(self.device, non_blocking=True)
-        return [instance for item in per_request for instance in item]
+        joined = join_instances(per_request)
+        return joined.to(self.device, non_blocking=True) if isinstance(joined, torch.Tensor) else joined
 
     def predict(self, batch: Any) -> torch.Tensor:
         """One forward pass; returns one output row per instance (required)."""
@@ -147,6 +147,9 @@ class ModelHandler(BaseHandler):
         for (index, (envelope, decoded)), rows in zip(opened.items(), torch.split(outputs, counts),
                                                        strict=True):
             try:
+                if rows.is_floating_point() and not torch.isfinite(rows).all():
+                    raise InvalidInput("the model's output for this input is not finite: its values "
+                                       "are probably far outside the range the model was trained on")
                 body = envelope.answer(self, rows, decoded.single)
                 responses[index] = self._succeed(context, index, body)
             except Exception as error:  # noqa: BLE001 - converted to this request's status

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -27,3 +28,10 @@ class Decoded(Generic[Instances]):
     def __post_init__(self) -> None:
         if len(self.instances) == 0:
             raise InvalidInput("request carries no instances: send at least one")
+
+
+def join_instances(pieces: Sequence[Any]) -> Any:
+    """Instances of several requests (or form fields) as one: tensors concatenated, lists chained."""
+    if all(isinstance(piece, torch.Tensor) for piece in pieces):
+        return torch.cat(list(pieces))
+    return [instance for piece in pieces for instance in piece]

@@ -20,17 +20,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from handlers.decoded import Decoded
-from handlers.errors import InvalidInput, RequestError
+from handlers.decoded import Decoded, join_instances
+from handlers.errors import HandlerContractError, InvalidInput, RequestError
 from handlers.payload import Payload
-from handlers.tensors import instance_values
-from handlers.validation import check_count
+from handlers.tensors import brief, instance_values
+from handlers.validation import JSON_TYPES, check_count
+
+# Sent by OIP clients that use the binary tensor data extension (tritonclient's default).
+_BINARY_HEADER = "Inference-Header-Content-Length"
 
 if TYPE_CHECKING:
     from handlers.base import ModelHandler
 
-# Media types whose body may be a KServe v1 or OIP document ("" is no Content-Type at all).
-_ENVELOPE_TYPES = frozenset({"application/json", "text/json", ""})
 _OIP_KEYS = frozenset({"id", "parameters", "inputs", "outputs"})
 
 
@@ -74,9 +75,9 @@ class KServeV1(Envelope):
 class OpenInference(Envelope):
     """An Open Inference Protocol (KServe v2) request; errors are {"error": "..."} as the spec says."""
 
-    def __init__(self, document: dict[str, Any], context: Any, index: int) -> None:
+    def __init__(self, document: dict[str, Any] | None, context: Any, index: int) -> None:
         super().__init__()
-        self.document = document
+        self.document = document  # None: a binary-extension request, which we do not read
         model = (getattr(context, "manifest", None) or {}).get("model", {})
         self.model_name = str(model.get("modelName", getattr(context, "model_name", "")))
         self.model_version = str(model.get("modelVersion", ""))
@@ -85,14 +86,17 @@ class OpenInference(Envelope):
 
     def decode(self, handler: ModelHandler) -> Decoded:
         document = self.document
+        if document is None:
+            raise InvalidInput("the OIP binary tensor data extension is not supported; send the "
+                               "tensors as JSON (tritonclient: binary_data=False)")
         unknown = sorted(set(document) - _OIP_KEYS)
         if unknown:
-            raise InvalidInput(f"unknown keys {unknown}; an OIP request has {sorted(_OIP_KEYS)}")
+            raise InvalidInput(f"unknown keys {brief(unknown)}; an OIP request has {sorted(_OIP_KEYS)}")
         if not isinstance(document.get("id", ""), str):
             raise InvalidInput("'id' must be a string")
         if not isinstance(document.get("parameters", {}), dict):
             raise InvalidInput("'parameters' must be an object")
-        self.wanted_outputs = _wanted_outputs(document.get("outputs", []))
+        self.wanted_outputs = _wanted_outputs(document.get("outputs", []), handler.OUTPUTS)
         inputs = document["inputs"]
         if handler.INPUT is None:
             raise InvalidInput("this model does not take Open Inference Protocol requests")
@@ -107,9 +111,11 @@ class OpenInference(Envelope):
 
     def answer(self, handler: ModelHandler, rows: torch.Tensor, single: bool) -> Any:
         outputs = {tensor.name: tensor for tensor in handler.encode_outputs(rows)}
-        missing = [name for name in self.wanted_outputs if name not in outputs]
-        if missing:
-            raise InvalidInput(f"requested outputs {missing} do not exist; this model has {list(outputs)}")
+        if list(outputs) != list(handler.OUTPUTS):
+            raise HandlerContractError(
+                f"{type(handler).__name__}.encode_outputs gave {list(outputs)}, "
+                f"but its OUTPUTS are {handler.OUTPUTS}"
+            )
         chosen = [outputs[name] for name in self.wanted_outputs] or list(outputs.values())
         return {
             "model_name": self.model_name,
@@ -123,16 +129,18 @@ class OpenInference(Envelope):
 
 
 def open_envelope(parts: Sequence[Payload], context: Any, index: int) -> Envelope:
-    """Pick the request's framing from its body; anything that is not v1 or OIP is native."""
-    if len(parts) != 1 or parts[0].content_type not in _ENVELOPE_TYPES:
+    """Pick the request's framing from its body; forms and anything not v1 or OIP are native."""
+    if len(parts) != 1 or parts[0].field != "body":
+        return Envelope(parts)
+    if parts[0].header(_BINARY_HEADER) is not None:
+        return OpenInference(None, context, index)
+    if parts[0].content_type not in JSON_TYPES:
         return Envelope(parts)
     try:
         document = parts[0].json()
     except RequestError:
         return Envelope(parts)  # not JSON: the handler reads it (an image, text) or says why not
-    if isinstance(document, dict) and "inputs" in document and "instances" in document:
-        raise InvalidInput("a request has either 'instances' (KServe v1) or 'inputs' (OIP), not both")
-    if isinstance(document, dict) and "inputs" in document:
+    if isinstance(document, dict) and "inputs" in document:  # with "instances" too: OIP says no
         return OpenInference(document, context, index)
     if isinstance(document, dict) and "instances" in document:
         return KServeV1(document)
@@ -147,25 +155,31 @@ def _join_form_fields(handler: ModelHandler, parts: Sequence[Payload]) -> Decode
             pieces.append(handler.decode(part).instances)
         except RequestError as error:
             raise type(error)(f"form field '{part.field}': {error.message}") from None
-    if all(isinstance(piece, torch.Tensor) for piece in pieces):
-        joined: Any = torch.cat(pieces)
-    else:
-        joined = [instance for piece in pieces for instance in piece]
+    joined = join_instances(pieces)
     check_count(len(joined), handler.max_instances, "instances")
     return Decoded(joined, single=False)
 
 
-def _wanted_outputs(outputs: Any) -> list[str]:
+def _wanted_outputs(outputs: Any, available: Sequence[str]) -> list[str]:
+    """The requested output names, checked before the forward pass is spent on them."""
     if not isinstance(outputs, list) or not all(
         isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
     ):
         raise InvalidInput("'outputs' must be a list of objects with a 'name'")
-    return [output["name"] for output in outputs]
+    names = [output["name"] for output in outputs]
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise InvalidInput(
+            f"requested outputs {brief(unknown)} do not exist; this model has {list(available)}"
+        )
+    if len(set(names)) != len(names):
+        raise InvalidInput("'outputs' names an output more than once")
+    return names
 
 
-def _request_id(document: dict[str, Any], context: Any, index: int) -> str:
+def _request_id(document: dict[str, Any] | None, context: Any, index: int) -> str:
     """The client's `id` when it sent one (echoed, as OIP requires), else TorchServe's request id."""
-    given = document.get("id")
+    given = (document or {}).get("id")
     if isinstance(given, str):
         return given
     try:

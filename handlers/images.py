@@ -13,37 +13,49 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from handlers.errors import InvalidInput, PayloadTooLarge
+from handlers.tensors import brief
 
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")  # all Pillow would parse is more attack surface
+_FORMAT_NAMES = "PNG, JPEG, BMP, GIF, WebP or TIFF"
+PILLOW_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 0)  # Pillow refuses larger images itself
 IMAGE_TYPES = frozenset(
     {"image/png", "image/jpeg", "image/jpg", "image/bmp", "image/gif", "image/webp",
      "image/tiff", "application/octet-stream"}
 )
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
+def open_image(data: bytes, max_pixels: int, draft: tuple[int, int] | None = None) -> Image.Image:
     """Open and fully decode `data`; 400 if it is not a whole image, 413 if it is too large.
 
     The size is checked from the header before pixels are decoded, so a
-    decompression bomb costs nothing.
+    decompression bomb costs nothing. Only the formats in `FORMATS` are parsed.
+    `draft` lets JPEG decode at a reduced scale no smaller than that size.
     """
     if not data:
-        raise InvalidInput("empty body: expected PNG or JPEG image bytes")
+        raise InvalidInput(f"empty body: expected image bytes ({_FORMAT_NAMES})")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            pixels = image.width * image.height
-            if pixels > max_pixels:
-                raise PayloadTooLarge(
-                    f"image is {image.width}x{image.height} = {pixels} pixels; the limit is {max_pixels}"
-                )
-            image.load()
-    except PayloadTooLarge:
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+        pixels = image.width * image.height
+        if pixels > max_pixels:
+            raise PayloadTooLarge(
+                f"image is {image.width}x{image.height} = {pixels} pixels; the limit is {max_pixels}"
+            )
+        if draft is not None:
+            image.draft("L", draft)
+        image.load()
+    except (PayloadTooLarge, MemoryError):
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InvalidInput("body is not a readable image (expected PNG or JPEG bytes)") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise InvalidInput(f"image could not be decoded ({error}); is it truncated?") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise PayloadTooLarge(
+            f"image has over {Image.MAX_IMAGE_PIXELS} pixels; the limit is {max_pixels}"
+        ) from None
+    except UnidentifiedImageError:
+        raise InvalidInput(f"body is not a readable image (expected {_FORMAT_NAMES})") from None
+    except Exception as error:  # noqa: BLE001 - Pillow raises many types for damaged files
+        reason = brief(str(error), 80)
+        raise InvalidInput(f"image could not be decoded ({reason}); is it truncated?") from None
     return image
 
 
@@ -57,7 +69,9 @@ def base64_bytes(value: Any, where: str) -> bytes:
     if not isinstance(value, str):
         raise InvalidInput(f"'{where}' must be base64 image bytes as a string or {{\"b64\": \"...\"}}")
     if value.startswith("data:"):
-        header, _, value = value.partition(",")
+        header, comma, value = value.partition(",")
+        if not comma:
+            raise InvalidInput(f"'{where}' is a data: URI without a ',' before its data")
         if not header.endswith(";base64"):
             raise InvalidInput(f"'{where}' is a data: URI without ';base64'")
     text = "".join(value.split())
@@ -78,8 +92,12 @@ def to_digit_tensor(image: Image.Image, side: int, ink: str) -> torch.Tensor:
     try:
         upright = ImageOps.exif_transpose(image)
         grey = _flatten_alpha(upright).convert("L").resize((side, side), Image.Resampling.BOX)
-    except (ValueError, OSError) as error:  # colour modes Pillow cannot convert, bad EXIF
-        raise InvalidInput(f"image mode {image.mode} cannot be read as grey levels ({error})") from None
+    except MemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 - colour modes Pillow cannot convert, damaged EXIF
+        raise InvalidInput(
+            f"image ({image.mode}) cannot be read as grey levels ({brief(str(error), 80)})"
+        ) from None
     pixels = np.asarray(grey, dtype=np.float32)
     if ink == "dark" or (ink == "auto" and _border_mean(pixels) > 127.5):
         pixels = 255.0 - pixels

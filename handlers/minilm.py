@@ -26,11 +26,14 @@ from handlers.tensors import OutputTensor, TensorSpec
 from handlers.validation import JSON_TYPES, check_count, require_content_type
 from handlers.weights import load_module
 
+_TEXT_TYPES = JSON_TYPES | {"text/plain"}
+
 
 class MiniLMHandler(ModelHandler):
     """Tokenises every text of every request together, so padding is per batch."""
 
     INPUT = TensorSpec("text", frozenset({"BYTES"}))
+    OUTPUTS = ("embedding",)
 
     @dataclass(frozen=True)
     class Options:  # nested: TorchServe wants exactly one class per handler module
@@ -63,7 +66,7 @@ class MiniLMHandler(ModelHandler):
         self.tokenizer = tokenizer
 
     def decode(self, payload: Payload) -> Decoded:
-        require_content_type(payload, JSON_TYPES, 'application/json {"text": ...} or text/plain')
+        require_content_type(payload, _TEXT_TYPES, 'application/json {"text": ...} or text/plain')
         if payload.content_type == "text/plain":
             texts, single = [payload.text()], True
         else:

@@ -16,6 +16,7 @@ from typing import Any
 from handlers.errors import InvalidInput, UnsupportedMediaType
 
 _URLENCODED = "application/x-www-form-urlencoded"
+_MULTIPART = "multipart/form-data"
 
 
 @dataclass(frozen=True)
@@ -34,21 +35,27 @@ class Payload:
 
     @classmethod
     def parts_from_torchserve(cls, index: int, item: Mapping[str, Any], context: Any) -> list[Payload]:
-        """The raw body, or each form field in the order sent (form fields without a type are text)."""
+        """The raw body, or each multipart field in the order sent (fields without a type are text).
+
+        With a multipart form, query-string parameters arrive as fields too (TorchServe
+        passes no URL), so they count as fields.
+        """
         if not isinstance(item, Mapping):
             raise InvalidInput("request carries no readable body")
         headers = _request_headers(context, index)
-        if "body" in item:  # a raw body; any other entries are query parameters
-            content_type = _field_content_type(headers, "body") or _request_content_type(headers)
-            return [cls.of(index, "body", item["body"], content_type, headers)]
-        if _request_content_type(headers) == _URLENCODED and not any(item.values()):
-            # TorchServe parsed a body such as '{"x": 1}' as a form and found no fields in it.
+        request_type = _request_content_type(headers)
+        if request_type == _URLENCODED:  # TorchServe split the body at '&' and '=': it is lost
             raise UnsupportedMediaType(
-                "the body was sent as a url-encoded form (curl -d does this); "
-                "send it with its real type, e.g. -H 'Content-Type: application/json'"
+                "url-encoded forms are not read (curl -d sends one); send the body with its real "
+                "type, e.g. -H 'Content-Type: application/json', or a multipart form (curl -F)"
             )
+        if request_type != _MULTIPART:  # a raw body; any other entries are query parameters
+            if "body" not in item:
+                raise InvalidInput("request carries no body")
+            content_type = _field_content_type(headers, "body") or request_type
+            return [cls.of(index, "body", item["body"], content_type, headers)]
         if not item:
-            raise InvalidInput("request carries no body and no form fields")
+            raise InvalidInput("multipart form carries no fields")
         return [
             cls.of(index, str(name), value, _field_content_type(headers, name) or "text/plain", headers)
             for name, value in item.items()

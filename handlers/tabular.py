@@ -32,6 +32,7 @@ class TabularHandler(ModelHandler):
     """Scaling lives inside the model, so clients send raw feature values."""
 
     INPUT = TensorSpec("features", NUMBER_TYPES, (TABULAR_FEATURES,))
+    OUTPUTS = ("label", "class_index", "probabilities")
 
     @dataclass(frozen=True)
     class Options:  # nested: TorchServe wants exactly one class per handler module
@@ -58,8 +59,12 @@ class TabularHandler(ModelHandler):
         return Decoded(rows, single)
 
     def decode_instances(self, values: list[Any], where: str) -> torch.Tensor:
-        rows = [value.get("features") if isinstance(value, dict) else value for value in values]
         names = [f"{where}[{number}]" for number in range(len(values))]
+        rows = []
+        for value, name in zip(values, names, strict=True):
+            if isinstance(value, dict) and "features" not in value:
+                raise InvalidInput(f"'{name}' must be [{TABULAR_FEATURES} numbers] or {_EXPECTED}")
+            rows.append(value["features"] if isinstance(value, dict) else value)
         return float_matrix(rows, TABULAR_FEATURES, names)
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:

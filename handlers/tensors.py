@@ -10,7 +10,7 @@ handler then validates as it validates any other instance.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +24,11 @@ _INTEGER_RANGES = {
     "UINT8": (0, 2**8 - 1), "UINT16": (0, 2**16 - 1),
     "UINT32": (0, 2**32 - 1), "UINT64": (0, 2**64 - 1),
 }
-FLOAT_TYPES = frozenset({"FP16", "BF16", "FP32", "FP64"})
-NUMBER_TYPES = FLOAT_TYPES | frozenset(_INTEGER_RANGES)
+_FLOAT_LIMITS = {  # the largest finite magnitude each float datatype holds
+    "FP16": float(torch.finfo(torch.float16).max), "BF16": float(torch.finfo(torch.bfloat16).max),
+    "FP32": float(torch.finfo(torch.float32).max), "FP64": float(torch.finfo(torch.float64).max),
+}
+NUMBER_TYPES = frozenset(_FLOAT_LIMITS) | frozenset(_INTEGER_RANGES)
 DATATYPES = NUMBER_TYPES | {"BOOL", "BYTES"}
 _TENSOR_KEYS = frozenset({"name", "shape", "datatype", "data", "parameters"})
 
@@ -48,16 +51,18 @@ def instance_values(tensor: Any, spec: TensorSpec, where: str) -> list[Any]:
         raise InvalidInput(f"'{where}' must be an object with name, shape, datatype and data")
     unknown = sorted(set(tensor) - _TENSOR_KEYS)
     if unknown:
-        raise InvalidInput(f"'{where}' has unknown keys {unknown}; an OIP tensor has {sorted(_TENSOR_KEYS)}")
+        raise InvalidInput(
+            f"'{where}' has unknown keys {brief(unknown)}; an OIP tensor has {sorted(_TENSOR_KEYS)}"
+        )
     missing = [key for key in ("name", "shape", "datatype", "data") if key not in tensor]
     if missing:
         raise InvalidInput(f"'{where}' is missing {missing}")
-    if not isinstance(tensor["name"], str):
-        raise InvalidInput(f"'{where}.name' must be a string")
+    if tensor["name"] != spec.name:
+        raise InvalidInput(f"'{where}.name' is {brief(tensor['name'])}; this model's input is '{spec.name}'")
     _check_parameters(tensor.get("parameters", {}), where)
     datatype = _datatype(tensor["datatype"], spec, where)
     shape = _shape(tensor["shape"], spec, where)
-    flat = _flatten(tensor["data"], where)
+    flat = _flatten(tensor["data"], shape, where)
     if len(flat) != math.prod(shape):
         raise InvalidInput(
             f"'{where}': shape {shape} holds {math.prod(shape)} elements but data has {len(flat)}"
@@ -98,9 +103,9 @@ def _check_parameters(parameters: Any, where: str) -> None:
 
 def _datatype(value: Any, spec: TensorSpec, where: str) -> str:
     accepted = ", ".join(sorted(spec.datatypes))
-    if value not in DATATYPES:
+    if not isinstance(value, str) or value not in DATATYPES:
         raise InvalidInput(
-            f"'{where}.datatype' {value!r} is not an OIP datatype; this model takes {accepted}"
+            f"'{where}.datatype' {brief(value)} is not an OIP datatype; this model takes {accepted}"
         )
     if value not in spec.datatypes:
         raise InvalidInput(f"'{where}.datatype' is {value}; this model takes {accepted}")
@@ -114,24 +119,34 @@ def _shape(value: Any, spec: TensorSpec, where: str) -> list[int]:
     ):
         raise InvalidInput(f"'{where}.shape' must be a list of non-negative integers like {expected}")
     if tuple(value[1:]) != spec.instance_shape or len(value) != len(spec.instance_shape) + 1:
-        raise InvalidInput(f"'{where}.shape' is {value}; this model takes {expected}")
+        raise InvalidInput(f"'{where}.shape' is {brief(value)}; this model takes {expected}")
     if value[0] == 0:
         raise InvalidInput(f"'{where}.shape' {value} holds no instances; send at least one")
     return list(value)
 
 
-def _flatten(data: Any, where: str) -> list[Any]:
+def _flatten(data: Any, shape: list[int], where: str) -> list[Any]:
+    """`data` flat, or nested exactly as `shape` says (no ragged rows), as one flat list."""
     if not isinstance(data, list):
         raise InvalidInput(f"'{where}.data' must be a list (flat or nested, row-major)")
-    return list(_leaves(data))
+    if not any(isinstance(item, list) for item in data):
+        return data
+    flat: list[Any] = []
+    _collect(data, shape, f"{where}.data", flat)
+    return flat
 
 
-def _leaves(data: list[Any]) -> Iterator[Any]:
-    for item in data:
-        if isinstance(item, list):
-            yield from _leaves(item)
-        else:
-            yield item
+def _collect(data: Any, shape: list[int], where: str, flat: list[Any]) -> None:
+    if not shape:
+        if isinstance(data, list):
+            raise InvalidInput(f"'{where}' is nested deeper than the shape says")
+        flat.append(data)
+        return
+    if not isinstance(data, list) or len(data) != shape[0]:
+        got = f"{len(data)} items" if isinstance(data, list) else brief(data)
+        raise InvalidInput(f"'{where}' must be a list of {shape[0]} (shape says so), got {got}")
+    for position, item in enumerate(data):
+        _collect(item, shape[1:], f"{where}[{position}]", flat)
 
 
 def _check_element(element: Any, datatype: str, where: str) -> None:
@@ -144,10 +159,24 @@ def _check_element(element: Any, datatype: str, where: str) -> None:
     elif datatype in _INTEGER_RANGES:
         low, high = _INTEGER_RANGES[datatype]
         ok = isinstance(element, int) and low <= element <= high
-    else:
-        ok = True  # floats: the handler checks finiteness and range for its model
+    else:  # NaN and infinities fail here too
+        ok = _float_magnitude(element) <= _FLOAT_LIMITS[datatype]
     if not ok:
-        raise InvalidInput(f"'{where}' is {element!r}, not a valid {datatype} value")
+        raise InvalidInput(f"'{where}' is {brief(element)}, not a valid {datatype} value")
+
+
+def _float_magnitude(number: int | float) -> float:
+    try:
+        magnitude = abs(float(number))
+    except OverflowError:  # an integer with hundreds of digits
+        return math.inf
+    return magnitude if math.isfinite(magnitude) else math.inf
+
+
+def brief(value: Any, limit: int = 40) -> str:
+    """`repr(value)`, cut to `limit` characters: error messages must not echo a whole body."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _split(flat: list[Any], count: int, instance_shape: tuple[int, ...]) -> list[Any]:

@@ -9,9 +9,11 @@ import torch
 
 from handlers.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from handlers.payload import Payload
+from handlers.tensors import brief
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
-JSON_TYPES = frozenset({"application/json", "text/json", "text/plain", ""})
+# Media types read as JSON ("" is a request without a Content-Type).
+JSON_TYPES = frozenset({"application/json", "text/json", ""})
 
 
 def require_content_type(payload: Payload, accepted: frozenset[str], expected: str) -> None:
@@ -55,10 +57,10 @@ def _check_row(row: Any, width: int, where: str) -> None:
         raise InvalidInput(f"'{where}' must hold exactly {width} numbers, got {got}")
     for position, number in enumerate(row):
         if isinstance(number, bool) or not isinstance(number, (int, float)):
-            raise InvalidInput(f"'{where}[{position}]' must be a number, got {number!r}")
+            raise InvalidInput(f"'{where}[{position}]' must be a number, got {brief(number)}")
         try:
             value = float(number)
         except OverflowError:  # a JSON integer with hundreds of digits
             value = math.inf
         if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
-            raise InvalidInput(f"'{where}[{position}]' must be a finite float32 number, got {number!r}")
+            raise InvalidInput(f"'{where}[{position}]' must be a finite float32 number, got {brief(number)}")

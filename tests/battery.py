@@ -43,11 +43,12 @@ class Call:
     content_type: str = "application/json"
     route: str = "predictions"
     form: tuple[FormField, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
 
     def raw_request(self) -> RawRequest:
         if self.form:
             return RawRequest.multipart(*self.form)
-        return RawRequest(self.body, self.content_type)
+        return RawRequest(self.body, self.content_type, dict(self.headers))
 
     def path(self) -> str:
         return ROUTES[self.route].format(model=self.model)
@@ -81,12 +82,16 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-@cache
-def huge_png() -> bytes:
-    """5000x5000 pixels (over the 4096x4096 limit) in a few kilobytes of PNG."""
+def encoded(image: Image.Image, fmt: str, **options: Any) -> bytes:
     buffer = io.BytesIO()
-    Image.new("L", (5000, 5000)).save(buffer, format="PNG")
+    image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
+
+
+@cache
+def huge_png(side: int) -> bytes:
+    """side x side pixels in a few kilobytes of PNG."""
+    return encoded(Image.new("L", (side, side)), "PNG")
 
 
 def bad_calls() -> list[Bad]:
@@ -105,14 +110,22 @@ def bad_calls() -> list[Bad]:
         Bad(tabular(body=as_json({"features": row[:29] + [1e39]})), 400, "finite float32"),
         Bad(tabular(body=as_json({"features": [row] * 257})), 413, "the limit is 256"),
         Bad(tabular(body=b"[" * 5000 + b"]" * 5000), 400, "too deeply nested"),
+        Bad(tabular(body=as_json({"features": [3e38] * 30})), 400, "output for this input is not finite"),
         Bad(tabular(body=png, content_type="image/png"), 415, "send application/json"),
+        Bad(tabular(body=as_json({"features": row}), content_type="text/plain"), 415,
+            "content type 'text/plain' is not supported"),
         Bad(tabular(body=as_json({"features": row}), content_type="application/x-www-form-urlencoded"),
-            415, "url-encoded form"),
+            415, "url-encoded forms are not read"),
+        Bad(tabular(body=b"features=1&x=2", content_type="application/x-www-form-urlencoded"),
+            415, "url-encoded forms are not read"),
         # ---- tabular: KServe v1 and OIP
         Bad(tabular(body=as_json({"instances": [row[:3]]}), route="kserve-v1"), 400,
             "'instances[0]' must hold exactly 30 numbers"),
         Bad(tabular(body=as_json({"instances": []}), route="kserve-v1"), 400, "non-empty list"),
-        Bad(tabular(body=as_json({"instances": [row], "inputs": []})), 400, "not both"),
+        Bad(tabular(body=as_json({"instances": [{"feature": row}]}), route="kserve-v1"), 400,
+            "'instances[0]' must be [30 numbers] or"),
+        Bad(tabular(body=as_json({"instances": [row], "inputs": []}), route="oip"), 400,
+            "unknown keys ['instances']", oip=True),
         Bad(tabular(body=oip("features", "BYTES", [1, 30], [str(v) for v in row]), route="oip"), 400,
             "datatype' is BYTES; this model takes", oip=True),
         Bad(tabular(body=oip("features", "FP32", [2, 30], row), route="oip"), 400,
@@ -130,16 +143,38 @@ def bad_calls() -> list[Bad]:
             400, "missing ['datatype']", oip=True),
         Bad(tabular(body=oip("features", "FP99", [1, 30], row), route="oip"), 400,
             "'FP99' is not an OIP datatype", oip=True),
+        Bad(tabular(body=oip("features", ["FP32"], [1, 30], row), route="oip"), 400,
+            "['FP32'] is not an OIP datatype", oip=True),
+        Bad(tabular(body=oip("feats", "FP32", [1, 30], row), route="oip"), 400,
+            "this model's input is 'features'", oip=True),
+        Bad(tabular(body=oip("features", "FP16", [1, 30], [1e6] * 30), route="oip"), 400,
+            "not a valid FP16 value", oip=True),
+        Bad(tabular(body=oip("features", "FP32", [2, 30], [row[:20] + row[:10], row[:29]]), route="oip"),
+            400, "'inputs[0].data[1]' must be a list of 30", oip=True),
+        Bad(tabular(body=oip("features", "FP32", [1, 30], row, outputs=[{"name": "label"}] * 2),
+                    route="oip"), 400, "more than once", oip=True),
+        Bad(Call("tabular", oip("features", "FP32", [1, 30], row), "application/octet-stream", "oip",
+                 headers=(("Inference-Header-Content-Length", "120"),)), 400,
+            "binary tensor data extension is not supported", oip=True),
         # ---- digits
         Bad(digits(body=png[: len(png) // 2], content_type="image/png"), 400, "truncated"),
         Bad(digits(body=b"\x00\x01garbage" * 40, content_type="application/octet-stream"), 400,
             "not a readable image"),
         Bad(digits(body=b"", content_type="image/png"), 400, "empty body"),
-        Bad(digits(body=huge_png(), content_type="image/png"), 413, "the limit is 16777216"),
+        Bad(digits(body=huge_png(2049), content_type="image/png"), 413, "the limit is 4194304"),
+        Bad(digits(body=huge_png(10_000), content_type="image/png"), 413, "the limit is 4194304"),
+        Bad(digits(body=encoded(Image.new("L", (16, 16)), "PPM"), content_type="image/x-portable-pixmap"),
+            415, "'image/x-portable-pixmap' is not supported"),
+        Bad(digits(body=encoded(Image.new("L", (16, 16)), "PPM"), content_type="application/octet-stream"),
+            400, "not a readable image (expected PNG, JPEG"),
+        Bad(digits(body=encoded(Image.new("RGB", (16, 16), "white"), "WEBP",
+                                exif=b"EM\x00*\x00\x00\x00\x08" + b"\x00" * 16), content_type="image/webp"),
+            400, "cannot be read as grey levels"),
         Bad(digits(body=png, content_type="text/csv"), 415, "content type 'text/csv' is not supported"),
         Bad(digits(body=as_json({"image": "not base64!"})), 400, "'image' is not valid base64"),
         Bad(digits(body=as_json({"image": b64(b"garbage" * 10)})), 400, "'image': body is not a readable"),
-        Bad(digits(body=as_json({"image": [b64(png)] * 33})), 413, "the limit is 32"),
+        Bad(digits(body=as_json({"image": [b64(png)] * 17})), 413, "the limit is 16"),
+        Bad(digits(body=as_json({"image": "data:image/png;base64"})), 400, "without a ','"),
         Bad(digits(body=as_json({"instances": [123]}), route="kserve-v1"), 400,
             "'instances[0]' must be base64 image bytes"),
         Bad(digits(body=oip("image", "FP32", [1, 64], [0.0] * 64), route="oip"), 400,

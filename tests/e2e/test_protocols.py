@@ -28,7 +28,8 @@ def send(server: Server, call: Call) -> requests.Response:
     if call.form:  # a file part has a content type; a plain field has neither filename nor type
         files = [(f.name, (f.name if f.content_type else None, f.value, f.content_type)) for f in call.form]
         return requests.post(url, files=files, timeout=60)
-    return requests.post(url, data=call.body, headers={"Content-Type": call.content_type}, timeout=60)
+    headers = {"Content-Type": call.content_type, **dict(call.headers)}
+    return requests.post(url, data=call.body, headers=headers, timeout=60)
 
 
 def worker_pids(server: Server) -> dict[str, list[int]]:

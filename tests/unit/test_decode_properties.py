@@ -105,7 +105,7 @@ def test_valid_tabular_rows_always_decode(handlers: dict[str, ModelHandler],
         "v1": {"instances": rows},
         "oip-flat": {"inputs": [{"name": "features", "shape": [len(rows), 30], "datatype": "FP32",
                                  "data": flat}]},
-        "oip-nested": {"inputs": [{"name": "x", "shape": [len(rows), 30], "datatype": "FP64",
+        "oip-nested": {"inputs": [{"name": "features", "shape": [len(rows), 30], "datatype": "FP64",
                                    "data": rows}]},
     }[shape]
     payload = Payload.of(0, "body", document, "application/json", {})

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from scripts import archive, harness
-from scripts.harness import LocalModel, RawRequest
+from scripts.harness import FormField, LocalModel, RawRequest
 from tests.battery import MODELS, Bad, bad_calls, check_bad, check_good, good_calls, oip
 from tests.helpers import SENTENCES, sentence_transformers_embeddings
 
@@ -67,7 +67,7 @@ def test_same_answer_in_every_shape(models: dict[str, LocalModel]) -> None:
     results = models["tabular"].run([
         RawRequest.json({"features": row}),
         RawRequest.json({"instances": [{"features": row}]}),
-        RawRequest(oip("x", "FP32", [1, 30], [row])),
+        RawRequest(oip("features", "FP32", [1, 30], [row])),
     ])
     native, v1, v2 = (r.json() for r in results)
     assert native["class_index"] == v1["predictions"][0]["class_index"] == v2["outputs"][1]["data"][0]
@@ -92,3 +92,18 @@ def test_harness_command_by_model_name(tmp_path: Path, capsys: pytest.CaptureFix
     assert harness.main(["predict", "--model", "minilm", "--file", str(text),
                          "--content-type", "text/plain"]) == 0
     assert '"embedding"' in capsys.readouterr().out
+
+
+def test_form_fields_are_native_bodies_whatever_their_names(models: dict[str, LocalModel]) -> None:
+    png = Path("build/examples/digit.png").read_bytes()
+    digits = models["digits"].run([
+        RawRequest.multipart(FormField("body", png, "image/png"), FormField("other", png, "image/png")),
+    ])
+    assert digits[0].status == 200 and len(digits[0].json()) == 2
+    tabular = models["tabular"].run([
+        RawRequest.multipart(FormField("data", json.dumps({"instances": [[1.0] * 30]}).encode(),
+                                       "application/json")),
+    ])
+    assert tabular[0].status == 400  # a form field is a native body, never an envelope
+    assert "form field" not in tabular[0].json()["error"]  # one field: its own message
+    assert 'expected a JSON object {"features"' in tabular[0].json()["error"]

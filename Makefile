@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml | java
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --progress-bar on --upgrade pip setuptools
 	$(PY) -m pip install --progress-bar on "torch==2.13.0"
-	$(PY) -m pip install --progress-bar on -e ".[dev]"
+	$(PY) -m pip install --progress-bar on -e ".[dev,bench]"
 	$(PY) -m scripts.install_launcher
 	touch $@
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -43,12 +44,14 @@ from handlers.errors import (
     OutOfResources,
     RequestError,
 )
+from handlers.metrics import HandlerMetrics
 from handlers.options import NoOptions, parse_options
 from handlers.payload import Payload
 from handlers.tensors import OutputTensor, TensorSpec
 
 __all__ = ["Decoded", "ModelHandler", "pick_device"]
 logger = logging.getLogger(__name__)
+Opened = dict[int, tuple[Envelope, Decoded]]  # request index -> its envelope and decoded instances
 
 def pick_device(system_properties: dict[str, Any]) -> torch.device:
     """CUDA when TorchServe assigned this worker a GPU (`gpu_id`) and CUDA works, else CPU."""
@@ -69,6 +72,9 @@ class ModelHandler(BaseHandler):
         super().__init__()
         self.options: Any = None
         self.device = torch.device("cpu")
+        self.metrics = HandlerMetrics(None)
+        self._statuses: Counter[int] = Counter()  # this batch's outcomes, for the metrics
+        self._errors: Counter[str] = Counter()
 
     # ---- hooks -------------------------------------------------------------------
     def load(self, model_dir: Path) -> None:
@@ -112,6 +118,7 @@ class ModelHandler(BaseHandler):
         model_config = getattr(context, "model_yaml_config", None) or {}
         self.options = parse_options(self.Options, model_config.get("handler"))
         self.device = pick_device(context.system_properties)
+        self.metrics = HandlerMetrics(context)
         self.load(Path(context.system_properties["model_dir"]))
         self.initialized = True
         logger.info("%s loaded on %s", type(self).__name__, self.device)
@@ -119,7 +126,22 @@ class ModelHandler(BaseHandler):
     def handle(self, data: list[Any], context: Any) -> list[Any]:
         """Answer a batch: one response (and one status) per request, in order."""
         responses: list[Any] = [None] * len(data)
-        opened: dict[int, tuple[Envelope, Decoded]] = {}
+        self._statuses, self._errors = Counter(), Counter()
+        with self.metrics.stage("decode"):
+            opened = self._open_all(data, responses, context)
+        instances = sum(len(decoded.instances) for _, decoded in opened.values())
+        logger.info("batch: %d requests, %d rejected before inference, %d instances",
+                    len(data), len(data) - len(opened), instances)
+        if opened:
+            self.metrics.batch(len(opened), instances)
+            self._run_batch(opened, responses, context)
+        self.metrics.outcomes(self._statuses, self._errors)
+        return responses
+
+    # ---- internals ---------------------------------------------------------------
+    def _open_all(self, data: list[Any], responses: list[Any], context: Any) -> Opened:
+        """Decode every request in its own try block; failures get their response right away."""
+        opened: Opened = {}
         for index, item in enumerate(data):
             envelope = Envelope()
             try:
@@ -127,25 +149,27 @@ class ModelHandler(BaseHandler):
                 opened[index] = (envelope, envelope.decode(self))
             except Exception as error:  # noqa: BLE001 - converted to this request's status
                 responses[index] = self._fail(context, index, error, "decode", envelope)
-        logger.info("batch: %d requests, %d rejected before inference, %d instances",
-                    len(data), len(data) - len(opened), sum(len(d.instances) for _, d in opened.values()))
-        if opened:
-            self._run_batch(opened, responses, context)
-        return responses
+        return opened
 
-    # ---- internals ---------------------------------------------------------------
-    def _run_batch(self, opened: dict[int, tuple[Envelope, Decoded]], responses: list[Any],
+    def _run_batch(self, opened: Opened, responses: list[Any],
                    context: Any) -> None:
         counts = [len(decoded.instances) for _, decoded in opened.values()]
         try:
-            outputs = self._forward([decoded.instances for _, decoded in opened.values()], sum(counts))
+            with self.metrics.stage("inference"):
+                outputs = self._forward([decoded.instances for _, decoded in opened.values()], sum(counts))
         except Exception as error:  # noqa: BLE001 - the forward pass fails every request in it
             failure = _batch_failure(error)
             for index, (envelope, _) in opened.items():
                 responses[index] = self._fail(context, index, failure, "predict", envelope)
             return
-        for (index, (envelope, decoded)), rows in zip(opened.items(), torch.split(outputs, counts),
-                                                       strict=True):
+        self.metrics.device_memory(self.device)
+        with self.metrics.stage("encode"):
+            self._answer_all(opened, torch.split(outputs, counts), responses, context)
+
+    def _answer_all(self, opened: Opened, per_request: Sequence[torch.Tensor],
+                    responses: list[Any], context: Any) -> None:
+        """Frame each request's output rows in its envelope, each in its own try block."""
+        for (index, (envelope, decoded)), rows in zip(opened.items(), per_request, strict=True):
             try:
                 if rows.is_floating_point() and not torch.isfinite(rows).all():
                     raise InvalidInput("the model's output for this input is not finite: its values "
@@ -169,6 +193,7 @@ class ModelHandler(BaseHandler):
     def _succeed(self, context: Any, index: int, body: Any) -> str:
         text = json.dumps(body, allow_nan=False)  # a NaN output fails this request, not the JSON
         context.set_response_content_type(index, "application/json")
+        self._statuses[200] += 1
         return text
 
     def _fail(self, context: Any, index: int, error: Exception, stage: str, envelope: Envelope) -> str:
@@ -180,6 +205,8 @@ class ModelHandler(BaseHandler):
             logger.info("request %d rejected (%d): %s", index, error.status, error.message)
         context.set_response_status(error.status, error.reason, index)
         context.set_response_content_type(index, "application/json")
+        self._statuses[error.status] += 1
+        self._errors[type(error).__name__] += 1
         return json.dumps(envelope.error_body(error))
 
 

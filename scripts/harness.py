@@ -35,12 +35,14 @@ from urllib.parse import parse_qsl
 
 import yaml
 from ts.context import Context
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.service import Service
 
 from handlers.base import ModelHandler
 from scripts.model_config import CONFIG_DIR, find_handler_class, handler_class, load_spec
 
 URLENCODED = "application/x-www-form-urlencoded"
+METRICS_CONFIG = Path("configs/metrics.yaml")  # the one the servers use, so metric names are checked
 
 
 @dataclass(frozen=True)
@@ -122,9 +124,11 @@ class LocalModel:
         version: str = "1.0",
     ) -> None:
         manifest = {"model": {"modelName": name, "modelVersion": version}}
+        metrics = MetricsCacheYamlImpl(config_file_path=str(METRICS_CONFIG))
+        metrics.initialize_cache()
         self.context = Context(
-            name, str(model_dir), manifest,
-            model_config.get("batchSize", 1), None, "0.12.0", model_yaml_config=dict(model_config),
+            name, str(model_dir), manifest, model_config.get("batchSize", 1), None, "0.12.0",
+            metrics=metrics, model_yaml_config=dict(model_config),
         )
         self.handler = handler
         self.handler.initialize(self.context)

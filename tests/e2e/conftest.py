@@ -62,6 +62,7 @@ def write_properties(workdir: Path, store: Path, models: tuple[str, ...] = MODEL
         "disable_token_authorization": "true",
         "enable_model_api": "true",
         "metrics_mode": "prometheus",
+        "metrics_config": str(Path("configs/metrics.yaml").resolve()),
         "python": sys.executable,
     }
     (workdir / "config.properties").write_text(

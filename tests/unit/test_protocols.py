@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +108,26 @@ def test_form_fields_are_native_bodies_whatever_their_names(models: dict[str, Lo
     assert tabular[0].status == 400  # a form field is a native body, never an envelope
     assert "form field" not in tabular[0].json()["error"]  # one field: its own message
     assert 'expected a JSON object {"features"' in tabular[0].json()["error"]
+
+
+def test_metrics_declared_in_the_yaml_are_emitted_per_batch(
+    models: dict[str, LocalModel], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ts.metrics")
+    models["tabular"].run([RawRequest.json({"features": [[1.0] * 30] * 3}), RawRequest(b"{"),
+                           RawRequest.json({"instances": [[2.0] * 30]})])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]")]
+
+    def values(name: str, dimension: str = "") -> list[float]:
+        return [float(line.split(":", 1)[1].split("|", 1)[0]) for line in lines
+                if line.startswith(f"[METRICS]{name}.") and dimension in line]
+
+    model = "ModelName:tabular,ModelVersion:1.0"
+    assert values("BatchRequests", model) == [2]
+    assert values("BatchInstances", model) == [4]
+    assert values("HandlerResponses", "Status:200") == [2]
+    assert values("HandlerResponses", "Status:400") == [1]
+    assert values("HandlerErrors", "Kind:InvalidInput") == [1]
+    for stage in ("decode", "inference", "encode"):
+        (seconds,) = values("HandlerStageSeconds", f"Stage:{stage}")
+        assert 0 <= seconds < 5

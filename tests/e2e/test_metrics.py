@@ -1,0 +1,50 @@
+"""Our handler metrics, scraped from a real TorchServe's Prometheus endpoint after traffic."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import torch
+
+from scripts import datasets
+from scripts.prometheus import histogram_mean, scrape, total
+from tests.e2e.conftest import FIGURES, Server
+
+pytestmark = pytest.mark.e2e
+TABULAR = {"ModelName": "tabular", "ModelVersion": "1.0"}
+
+
+def test_handler_metrics_after_concurrent_traffic(server: Server) -> None:
+    rows = datasets.breast_cancer().held_out_x[:96].tolist()
+    bodies = [json.dumps({"features": row}).encode() for row in rows] + [b"{broken"] * 8
+    before = scrape(server.metrics_url)
+
+    def post(body: bytes) -> int:
+        return requests.post(f"{server.inference_url}/predictions/tabular", data=body,
+                             headers={"Content-Type": "application/json"}, timeout=60).status_code
+
+    with ThreadPoolExecutor(32) as pool:
+        statuses = list(pool.map(post, bodies))
+    assert statuses.count(200) == 96 and statuses.count(400) == 8
+    after = scrape(server.metrics_url)
+
+    def grew(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert grew("HandlerResponses_total", Status="200", **TABULAR) == 96
+    assert grew("HandlerResponses_total", Status="400", **TABULAR) == 8
+    assert grew("HandlerErrors_total", Kind="InvalidInput", **TABULAR) == 8
+    mean_batch = histogram_mean(before, after, "BatchRequests", **TABULAR)
+    assert mean_batch is not None and mean_batch > 1, mean_batch  # concurrency really batched
+    assert histogram_mean(before, after, "BatchInstances", **TABULAR) >= mean_batch
+    for stage in ("decode", "inference", "encode"):
+        seconds = histogram_mean(before, after, "HandlerStageSeconds", Stage=stage, **TABULAR)
+        assert seconds is not None and 0 < seconds < 1, (stage, seconds)
+    assert grew("ts_inference_requests_total", model_name="tabular") == 104
+    device_memory = [s for s in after if s.name == "DeviceMemoryAllocatedBytes"]
+    assert bool(device_memory) == torch.cuda.is_available()  # emitted on GPU workers only
+    FIGURES["tabular mean requests per forward pass (32 concurrent clients, from metrics)"] = (
+        f"{mean_batch:.2f}")

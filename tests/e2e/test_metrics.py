@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -10,11 +12,22 @@ import requests
 import torch
 
 from scripts import datasets
-from scripts.prometheus import histogram_mean, scrape, total
+from scripts.prometheus import Sample, histogram_mean, scrape, total
 from tests.e2e.conftest import FIGURES, Server
 
 pytestmark = pytest.mark.e2e
 TABULAR = {"ModelName": "tabular", "ModelVersion": "1.0"}
+
+
+def settled_scrape(server: Server, done: Callable[[list[Sample]], bool], timeout: float = 15) -> list[Sample]:
+    """Scrape until `done` holds: workers' metrics reach the frontend through their log stream,
+    a little after the responses."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(server.metrics_url)
+        if done(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.2)
 
 
 def test_handler_metrics_after_concurrent_traffic(server: Server) -> None:
@@ -29,7 +42,9 @@ def test_handler_metrics_after_concurrent_traffic(server: Server) -> None:
     with ThreadPoolExecutor(32) as pool:
         statuses = list(pool.map(post, bodies))
     assert statuses.count(200) == 96 and statuses.count(400) == 8
-    after = scrape(server.metrics_url)
+    responses_before = total(before, "HandlerResponses_total", **TABULAR)
+    after = settled_scrape(
+        server, lambda samples: total(samples, "HandlerResponses_total", **TABULAR) - responses_before >= 104)
 
     def grew(name: str, **labels: str) -> float:
         return total(after, name, **labels) - total(before, name, **labels)

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 
 from scripts.client import TorchServeClient
+from scripts.local_server import write_properties
 from scripts.serve import torchserve_command, wait_until_ready
-from tests.e2e.conftest import write_properties
 
 pytestmark = pytest.mark.e2e
 
 
 def test_plain_start_reads_config_properties(tmp_path: Path) -> None:
     (tmp_path / "tmp").mkdir()
-    properties = write_properties(tmp_path, Path("model_store").resolve(), models=("tabular",))
+    properties = write_properties(tmp_path, Path("model_store").resolve(), ["tabular.mar"])
     env = {key: value for key, value in os.environ.items() if key != "TS_CONFIG_FILE"}
     env.update(TMPDIR=str(tmp_path / "tmp"), LOG_LOCATION=str(tmp_path / "logs"))
 

@@ -22,6 +22,7 @@ import torch
 
 from handlers.decoded import Decoded, join_instances
 from handlers.errors import HandlerContractError, InvalidInput, RequestError
+from handlers.metrics import model_identity
 from handlers.payload import Payload
 from handlers.tensors import brief, instance_values
 from handlers.validation import JSON_TYPES, check_count
@@ -78,9 +79,7 @@ class OpenInference(Envelope):
     def __init__(self, document: dict[str, Any] | None, context: Any, index: int) -> None:
         super().__init__()
         self.document = document  # None: a binary-extension request, which we do not read
-        model = (getattr(context, "manifest", None) or {}).get("model", {})
-        self.model_name = str(model.get("modelName", getattr(context, "model_name", "")))
-        self.model_version = str(model.get("modelVersion", ""))
+        self.model_name, self.model_version = model_identity(context)
         self.request_id = _request_id(document, context, index)
         self.wanted_outputs: list[str] = []
 

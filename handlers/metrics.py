@@ -21,13 +21,20 @@ from ts.metrics.metric_type_enum import MetricTypes
 logger = logging.getLogger(__name__)
 
 
+def model_identity(context: Any) -> tuple[str, str]:
+    """(name, version) the model is served under: the registered name (which may differ from
+    the archive's manifest when registered with `model_name=`) and the manifest's version."""
+    manifest = (getattr(context, "manifest", None) or {}).get("model", {})
+    name = getattr(context, "model_name", None) or manifest.get("modelName", "")
+    return str(name), str(manifest.get("modelVersion", ""))
+
+
 class HandlerMetrics:
     """Stage times, batch sizes, statuses and errors, with model name and version as dimensions."""
 
     def __init__(self, context: Any) -> None:
         self._cache = getattr(context, "metrics", None)
-        model = (getattr(context, "manifest", None) or {}).get("model", {})
-        self._model = [str(model.get("modelName", "")), str(model.get("modelVersion", ""))]
+        self._model = [*model_identity(context)]
         self._missing: set[str] = set()
 
     @contextmanager

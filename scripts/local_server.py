@@ -18,7 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from scripts.client import TorchServeClient
+import requests
+
+from scripts.client import TorchServeClient, TorchServeError
 from scripts.serve import torchserve_command, wait_until_ready
 
 METRICS_CONFIG = Path("configs/metrics.yaml")
@@ -59,6 +61,21 @@ def write_properties(workdir: Path, store: Path, archives: Sequence[str],
     return properties
 
 
+def wait_until_answering(client: TorchServeClient, process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Poll the frontend's ping until it answers; fail early if the server process died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.ping()
+            return
+        except (requests.RequestException, TorchServeError):
+            if process.poll() is not None:
+                raise RuntimeError(f"TorchServe exited with code {process.returncode}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"TorchServe did not answer within {timeout:.0f}s") from None
+            time.sleep(0.3)
+
+
 @dataclass
 class LocalServer:
     workdir: Path
@@ -96,6 +113,7 @@ class LocalServer:
         server = cls(workdir, properties, process)
         try:
             with server.client() as client:
+                wait_until_answering(client, process, timeout)
                 wait_until_ready(client, models, timeout=timeout, log_hint=workdir / "logs")
         except BaseException:
             server.stop()

@@ -25,6 +25,7 @@ Subclasses never override `initialize` or `handle`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections import Counter
@@ -130,12 +131,14 @@ class ModelHandler(BaseHandler):
         with self.metrics.stage("decode"):
             opened = self._open_all(data, responses, context)
         instances = sum(len(decoded.instances) for _, decoded in opened.values())
-        logger.info("batch: %d requests, %d rejected before inference, %d instances",
-                    len(data), len(data) - len(opened), instances)
+        if len(opened) < len(data):  # a batch with rejections; every batch's sizes are in the metrics
+            logger.info("batch: %d requests, %d rejected before inference, %d instances",
+                        len(data), len(data) - len(opened), instances)
         if opened:
             self.metrics.batch(len(opened), instances)
             self._run_batch(opened, responses, context)
         self.metrics.outcomes(self._statuses, self._errors)
+        self.metrics.flush()
         return responses
 
     # ---- internals ---------------------------------------------------------------
@@ -164,14 +167,18 @@ class ModelHandler(BaseHandler):
             return
         self.metrics.device_memory(self.device)
         with self.metrics.stage("encode"):
-            self._answer_all(opened, torch.split(outputs, counts), responses, context)
+            finite = _finite_rows(outputs).tolist()
+            per_request_finite = [all(finite[end - count:end]) for count, end in
+                                  zip(counts, itertools.accumulate(counts), strict=True)]
+            self._answer_all(opened, torch.split(outputs, counts), per_request_finite, responses, context)
 
-    def _answer_all(self, opened: Opened, per_request: Sequence[torch.Tensor],
+    def _answer_all(self, opened: Opened, per_request: Sequence[torch.Tensor], finite: Sequence[bool],
                     responses: list[Any], context: Any) -> None:
         """Frame each request's output rows in its envelope, each in its own try block."""
-        for (index, (envelope, decoded)), rows in zip(opened.items(), per_request, strict=True):
+        for (index, (envelope, decoded)), rows, rows_finite in zip(opened.items(), per_request, finite,
+                                                                    strict=True):
             try:
-                if rows.is_floating_point() and not torch.isfinite(rows).all():
+                if not rows_finite:
                     raise InvalidInput("the model's output for this input is not finite: its values "
                                        "are probably far outside the range the model was trained on")
                 body = envelope.answer(self, rows, decoded.single)
@@ -208,6 +215,13 @@ class ModelHandler(BaseHandler):
         self._statuses[error.status] += 1
         self._errors[type(error).__name__] += 1
         return json.dumps(envelope.error_body(error))
+
+
+def _finite_rows(outputs: torch.Tensor) -> torch.Tensor:
+    """Which output rows hold only finite values, computed once for the whole batch."""
+    if not outputs.is_floating_point():
+        return torch.ones(len(outputs), dtype=torch.bool)
+    return torch.isfinite(outputs.reshape(len(outputs), -1)).all(dim=1)
 
 
 def _batch_failure(error: Exception) -> RequestError:

@@ -13,7 +13,7 @@ from handlers.errors import InvalidInput
 Instances = TypeVar("Instances", torch.Tensor, list)  # what decode gives per request
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decoded(Generic[Instances]):
     """The instances one request carries.
 

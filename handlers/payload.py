@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from handlers.errors import InvalidInput, UnsupportedMediaType
@@ -19,11 +19,12 @@ _URLENCODED = "application/x-www-form-urlencoded"
 _MULTIPART = "multipart/form-data"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Payload:
     """The body of one request or form field, its media type and the request's headers.
 
-    `parsed` means `body` is already the decoded JSON document.
+    `parsed` means `body` is already the decoded JSON document. `headers` holds the
+    request's headers with lower-case names.
     """
 
     index: int
@@ -42,8 +43,9 @@ class Payload:
         """
         if not isinstance(item, Mapping):
             raise InvalidInput("request carries no readable body")
-        headers = _request_headers(context, index)
-        request_type = _request_content_type(headers)
+        raw = _request_headers(context, index)  # request headers and per-field content types
+        headers = {key.lower(): value for key, value in raw.items() if isinstance(value, str)}
+        request_type = _media_type(headers.get("content-type"))
         if request_type == _URLENCODED:  # TorchServe split the body at '&' and '=': it is lost
             raise UnsupportedMediaType(
                 "url-encoded forms are not read (curl -d sends one); send the body with its real "
@@ -52,12 +54,12 @@ class Payload:
         if request_type != _MULTIPART:  # a raw body; any other entries are query parameters
             if "body" not in item:
                 raise InvalidInput("request carries no body")
-            content_type = _field_content_type(headers, "body") or request_type
+            content_type = _field_content_type(raw, "body") or request_type
             return [cls.of(index, "body", item["body"], content_type, headers)]
         if not item:
             raise InvalidInput("multipart form carries no fields")
         return [
-            cls.of(index, str(name), value, _field_content_type(headers, name) or "text/plain", headers)
+            cls.of(index, str(name), value, _field_content_type(raw, name) or "text/plain", headers)
             for name, value in item.items()
         ]
 
@@ -68,15 +70,11 @@ class Payload:
 
     def with_document(self, document: Any) -> Payload:
         """This payload with its JSON already parsed, so nobody parses it twice."""
-        return replace(self, body=document, parsed=True)
+        return Payload(self.index, self.field, document, self.content_type, self.headers, True)
 
     def header(self, name: str) -> str | None:
         """A request header, looked up without regard to case."""
-        wanted = name.lower()
-        for key, value in self.headers.items():
-            if key.lower() == wanted and isinstance(value, str):
-                return value
-        return None
+        return self.headers.get(name.lower())
 
     def is_empty(self) -> bool:
         return self.body is None or (isinstance(self.body, (bytes, bytearray, str)) and not self.body)
@@ -133,11 +131,6 @@ def _field_content_type(headers: Mapping[str, Any], field: str) -> str:
     """The media type TorchServe filed under the field's name, lower-cased, without parameters."""
     per_field = headers.get(field)
     value = per_field.get("content-type") if isinstance(per_field, Mapping) else None
-    return _media_type(value)
-
-
-def _request_content_type(headers: Mapping[str, Any]) -> str:
-    value = next((v for k, v in headers.items() if k.lower() == "content-type" and isinstance(v, str)), "")
     return _media_type(value)
 
 

@@ -72,7 +72,7 @@ class TabularHandler(ModelHandler):
 
     def encode(self, row: torch.Tensor) -> Any:
         probabilities = row.tolist()
-        best = int(row.argmax())
+        best = max(range(len(probabilities)), key=probabilities.__getitem__)
         names = self.options.class_names
         return {
             "label": names[best],

@@ -12,6 +12,7 @@ from handlers.payload import Payload
 from handlers.tensors import brief
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+_NUMBER_TYPES = frozenset({int, float})  # not bool: True is not a feature value
 # Media types read as JSON ("" is a request without a Content-Type).
 JSON_TYPES = frozenset({"application/json", "text/json", ""})
 
@@ -45,10 +46,32 @@ def float_rows(value: Any, width: int, field: str, max_rows: int) -> tuple[torch
 
 
 def float_matrix(rows: list[Any], width: int, names: list[str]) -> torch.Tensor:
-    """Rows of exactly `width` finite float32 numbers as a tensor [N, width]; `names` name each row."""
+    """Rows of exactly `width` finite float32 numbers as a tensor [N, width]; `names` name each row.
+
+    Good rows take a vectorised path; only when it fails are values checked one
+    by one, to name the first bad one in the error.
+    """
+    matrix = _fast_matrix(rows, width)
+    if matrix is not None:
+        return matrix
     for row, where in zip(rows, names, strict=True):
         _check_row(row, width, where)
-    return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), width)
+    return torch.tensor([[float(number) for number in row] for row in rows], dtype=torch.float32)
+
+
+def _fast_matrix(rows: list[Any], width: int) -> torch.Tensor | None:
+    """The rows as float32 when every value is a finite float32 number, else None.
+
+    Plain Python on purpose: for rows of a few dozen numbers it is several times
+    faster than checking with tensor operations.
+    """
+    for row in rows:
+        if type(row) is not list or len(row) != width or not _NUMBER_TYPES.issuperset(map(type, row)):
+            return None
+        total = sum(row)
+        if total != total or not max(map(abs, row)) <= FLOAT32_MAX:  # NaN, infinity, beyond float32
+            return None
+    return torch.tensor(rows, dtype=torch.float32)
 
 
 def _check_row(row: Any, width: int, where: str) -> None:

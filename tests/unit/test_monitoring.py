@@ -30,7 +30,7 @@ def test_every_dashboard_query_uses_declared_metrics() -> None:
 
 def test_every_handler_metric_is_declared() -> None:
     source = Path("handlers/metrics.py").read_text()
-    emitted = set(re.findall(r'_emit\(\s*"(\w+)"', source))
+    emitted = set(re.findall(r'_add\(\s*"(\w+)"', source))
     assert emitted == {"HandlerStageSeconds", "BatchRequests", "BatchInstances", "HandlerResponses",
                        "HandlerErrors", "DeviceMemoryAllocatedBytes"}
     assert emitted <= declared_metrics()

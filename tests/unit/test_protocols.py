@@ -116,7 +116,8 @@ def test_metrics_declared_in_the_yaml_are_emitted_per_batch(
     caplog.set_level(logging.INFO, logger="ts.metrics")
     models["tabular"].run([RawRequest.json({"features": [[1.0] * 30] * 3}), RawRequest(b"{"),
                            RawRequest.json({"instances": [[2.0] * 30]})])
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]")]
+    lines = [line for r in caplog.records for line in r.getMessage().splitlines()
+             if line.startswith("[METRICS]")]
 
     def values(name: str, dimension: str = "") -> list[float]:
         return [float(line.split(":", 1)[1].split("|", 1)[0]) for line in lines

@@ -1,0 +1,1 @@
+"""Comparison points for `make bench`: what people usually write instead of our handlers."""

@@ -1,0 +1,51 @@
+"""The common alternative to TorchServe, as a benchmark baseline: one FastAPI + uvicorn process
+calling the model once per request (no batching), with the same model code and answers.
+
+    BENCH_MODEL=tabular python -m uvicorn scripts.baselines.fastapi_app:app --port 8090
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+
+from scripts.baselines.plain_handler import load_model, plain_batch
+from scripts.model_config import CONFIG_DIR, load_spec
+
+KIND = os.environ.get("BENCH_MODEL", "tabular")
+
+
+def _load() -> Any:
+    spec = load_spec(CONFIG_DIR / f"{KIND}.yaml")
+    model_dir = Path(tempfile.mkdtemp(prefix=f"fastapi-{KIND}-"))
+    for file in spec.files:
+        shutil.copyfile(file, model_dir / file.name)
+    return load_model(KIND, model_dir, dict(spec.model_config))
+
+
+MODEL = _load()
+app = FastAPI()
+
+
+def _answer(body: bytes) -> Any:
+    parsed = body if KIND == "digits" else json.loads(body)
+    with torch.inference_mode():
+        return MODEL.encode(MODEL.predict(plain_batch(KIND, MODEL, [parsed]))[0])
+
+
+@app.get("/ping")
+async def ping() -> dict[str, str]:
+    return {"status": "Healthy"}
+
+
+@app.post("/predictions/{name}")
+async def predict(name: str, request: Request) -> Any:
+    return await run_in_threadpool(_answer, await request.body())

@@ -1,0 +1,68 @@
+"""The plain TorchServe handler the docs show, as a benchmark baseline (not for serving).
+
+It subclasses `BaseHandler` and does preprocess -> inference -> postprocess with
+`torch.stack` / `torch.cat` over the batch: no validation, no per-request
+isolation (one bad request fails its whole batch), no protocols. Model loading,
+the forward pass and the answer format are our handlers' own, so a comparison
+with them measures only what the handler does around the model.
+
+The archive's model-config names the model: `plain: {model: tabular}`.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from ts.torch_handler.base_handler import BaseHandler
+
+from handlers.architectures import DIGITS_SIDE
+from handlers.base import ModelHandler
+from handlers.digits import DigitsHandler
+from handlers.images import to_digit_tensor
+from handlers.minilm import MiniLMHandler
+from handlers.options import parse_options
+from handlers.tabular import TabularHandler
+
+MODELS: dict[str, type[ModelHandler]] = {
+    "tabular": TabularHandler, "digits": DigitsHandler, "minilm": MiniLMHandler,
+}
+
+
+def load_model(kind: str, model_dir: Path, model_config: dict[str, Any]) -> ModelHandler:
+    """Our handler for `kind`, with its weights loaded, used only for load/collate/predict/encode."""
+    model = MODELS[kind]()
+    model.options = parse_options(model.Options, model_config.get("handler"))
+    model.load(model_dir)
+    return model
+
+
+def plain_batch(kind: str, model: ModelHandler, bodies: list[Any]) -> Any:
+    """The docs' preprocess: read each body the happy way and stack them."""
+    if kind == "tabular":
+        return torch.stack([torch.tensor(body["features"], dtype=torch.float32) for body in bodies])
+    if kind == "digits":
+        images = [Image.open(io.BytesIO(body)) for body in bodies]
+        return torch.cat([to_digit_tensor(image, DIGITS_SIDE, "auto") for image in images])
+    return model.collate([[body["text"]] for body in bodies])
+
+
+class PlainHandler(BaseHandler):
+    def initialize(self, context: Any) -> None:
+        self.kind = context.model_yaml_config["plain"]["model"]
+        self.model = load_model(self.kind, Path(context.system_properties["model_dir"]),
+                                context.model_yaml_config)
+        self.initialized = True
+
+    def preprocess(self, data: list[dict[str, Any]]) -> Any:
+        return plain_batch(self.kind, self.model, [row.get("data") or row.get("body") for row in data])
+
+    def inference(self, data: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model.predict(data)
+
+    def postprocess(self, data: torch.Tensor) -> list[Any]:
+        return [self.model.encode(row) for row in data]

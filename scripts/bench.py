@@ -1,0 +1,316 @@
+"""Benchmark one model, every variant side by side in one run, on the same inputs.
+
+    python -m scripts.bench --model minilm [--concurrency 1 8 32] [--duration 15] [--quick]
+        [--variants ours unbatched plain fastapi limit] [--out results/bench]
+
+Variants:
+  ours       our handler in TorchServe, with the model YAML's batch settings
+  unbatched  the same archive registered with batchSize 1
+  plain      a plain BaseHandler as TorchServe's docs show (scripts/baselines/plain_handler.py)
+  fastapi    one FastAPI + uvicorn process calling the model per request
+  limit      the model called in-process at the YAML's batchSize: no HTTP, no queue
+             (instances per second; the ceiling the HTTP variants can approach)
+
+For each HTTP variant and concurrency: a warm-up, then locust for --duration
+seconds. Output in --out/MODEL/: report.md (the table), results.json (every
+figure), throughput.png and p99.png (against concurrency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import requests
+import torch
+
+from handlers.payload import Payload
+from scripts.archive import build_archive
+from scripts.harness import LocalModel
+from scripts.loadgen import LoadResult, Workload, run_load, workload
+from scripts.local_server import LocalServer, free_port
+from scripts.model_config import CONFIG_DIR, ModelSpec, load_spec
+
+logger = logging.getLogger(__name__)
+HTTP_VARIANTS = ("ours", "unbatched", "plain", "fastapi")
+ALL_VARIANTS = (*HTTP_VARIANTS, "limit")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    model: str
+    concurrency: tuple[int, ...]
+    duration: float
+    warmup: float
+    jvm_warmup: float  # once per endpoint before any measurement: the JIT compiles the hot paths
+    rounds: int
+    variants: tuple[str, ...]
+    out: Path
+
+
+def limit_throughput(spec: ModelSpec, load: Workload, seconds: float) -> dict[str, float]:
+    """Instances per second of collate + predict on decoded inputs, batchSize at a time, in-process."""
+    batch_size = int(spec.model_config.get("batchSize", 1))
+    with LocalModel.from_config(spec.source) as local:
+        handler = local.handler
+        decoded = [handler.decode(Payload.of(0, "body", body, load.content_type, {})).instances
+                   for body in load.bodies]
+        batches = [decoded[i:i + batch_size] for i in range(0, len(decoded) - batch_size + 1, batch_size)]
+        for batch in batches[:3]:  # warm-up
+            handler._forward(batch, sum(len(item) for item in batch))
+        done, started, timings = 0, time.perf_counter(), []
+        while time.perf_counter() - started < seconds:
+            batch = batches[len(timings) % len(batches)]
+            tick = time.perf_counter()
+            handler._forward(batch, sum(len(item) for item in batch))
+            timings.append(time.perf_counter() - tick)
+            done += sum(len(item) for item in batch)
+        elapsed = time.perf_counter() - started
+    timings.sort()
+    return {"batch_size": batch_size, "threads": torch.get_num_threads(),
+            "instances_per_second": done / elapsed, "batch_p50_ms": 1000 * timings[len(timings) // 2]}
+
+
+@contextmanager
+def torchserve(settings: Settings, spec: ModelSpec,
+               workdir: Path) -> Iterator[tuple[LocalServer, dict[str, str]]]:
+    """One TorchServe serving every TorchServe variant wanted; yields it and variant -> model name."""
+    store = workdir / "store"
+    names = {"ours": spec.name}
+    print(f"==> building archives for {spec.name} in {store}", flush=True)
+    build_archive(spec, store)
+    if "plain" in settings.variants:
+        plain = dataclasses.replace(
+            spec, name=f"{spec.name}_plain", handler=Path("scripts/baselines/plain_handler.py"),
+            model_config={**spec.model_config, "plain": {"model": settings.model}})
+        build_archive(plain, store)
+        names["plain"] = plain.name
+    print("==> starting TorchServe", flush=True)
+    with LocalServer.start(workdir / "server", store, list(names.values())) as server:
+        if "unbatched" in settings.variants:
+            response = requests.post(f"{server.management_url}/models", timeout=600, params={
+                "url": f"{spec.name}.mar", "model_name": f"{spec.name}_unbatched", "batch_size": 1,
+                "max_batch_delay": spec.model_config.get("maxBatchDelay", 100), "synchronous": "true"})
+            response.raise_for_status()
+            names["unbatched"] = f"{spec.name}_unbatched"
+        yield server, names
+
+
+@contextmanager
+def fastapi_app(model: str, workdir: Path) -> Iterator[str]:
+    """uvicorn serving scripts/baselines/fastapi_app.py on a free loopback port; yields its URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "scripts.baselines.fastapi_app:app", "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1", "--log-level", "warning", "--no-access-log"]
+    with (workdir / "fastapi.log").open("wb") as log:
+        process = subprocess.Popen(command, env={**os.environ, "BENCH_MODEL": model}, stdout=log,
+                                   stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                requests.get(f"{url}/ping", timeout=2).raise_for_status()
+                break
+            except requests.RequestException:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log = workdir / "fastapi.log"
+                    raise RuntimeError(f"the FastAPI app did not start; see {log}") from None
+                time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """Where one HTTP variant answers, and the model name its metrics carry (None: no metrics)."""
+
+    variant: str
+    host: str
+    path: str
+    metrics_url: str | None
+    model_label: str | None
+
+
+def measure_all(settings: Settings, endpoints: list[Endpoint], bodies: Path,
+                workdir: Path) -> list[dict[str, Any]]:
+    """Every variant at every concurrency, in interleaved rounds; per cell, the median round.
+
+    Interleaving (A B C, A B C, ...) spreads slow drifts (JIT warm-up, page cache,
+    other load) over all variants instead of charging them to whichever runs first.
+    """
+    print(f"==> warming up every endpoint for {settings.jvm_warmup:g}s", flush=True)
+    for endpoint in endpoints:
+        run_load(endpoint.host, endpoint.path, bodies, max(settings.concurrency), settings.jvm_warmup,
+                 workdir)
+    rows = []
+    for users in settings.concurrency:
+        rounds: dict[str, list[LoadResult]] = {endpoint.variant: [] for endpoint in endpoints}
+        for number in range(settings.rounds):
+            for endpoint in endpoints:
+                run_load(endpoint.host, endpoint.path, bodies, users, settings.warmup, workdir)
+                result = run_load(endpoint.host, endpoint.path, bodies, users, settings.duration, workdir,
+                                  endpoint.metrics_url, endpoint.model_label)
+                rounds[endpoint.variant].append(result)
+                batch = f"{result.mean_batch:.1f}" if result.mean_batch else "n/a"
+                print(f"    round {number + 1} {endpoint.variant:<10} c={users:<3} "
+                      f"{result.throughput:8.1f} req/s  p50 {result.p50_ms:6.1f} ms  "
+                      f"p99 {result.p99_ms:6.1f} ms  errors {result.failures}  batch {batch}  "
+                      f"locust CPU {100 * result.locust_cpu:.0f}%", flush=True)
+        rows += [{"variant": variant, "concurrency": users, **median_result(results)}
+                 for variant, results in rounds.items()]
+    return rows
+
+
+def median_result(results: list[LoadResult]) -> dict[str, Any]:
+    """Each figure's median over the rounds (errors summed), and every round's throughput."""
+    median = statistics.median
+    batches = [r.mean_batch for r in results if r.mean_batch is not None]
+    return {
+        "requests": sum(r.requests for r in results), "failures": sum(r.failures for r in results),
+        "throughput": median(r.throughput for r in results),
+        "p50_ms": median(r.p50_ms for r in results), "p95_ms": median(r.p95_ms for r in results),
+        "p99_ms": median(r.p99_ms for r in results), "locust_cpu": median(r.locust_cpu for r in results),
+        "mean_batch": median(batches) if batches else None,
+        "rounds_throughput": [round(r.throughput, 1) for r in results],
+    }
+
+
+def run(settings: Settings) -> dict[str, Any]:
+    spec = load_spec(CONFIG_DIR / f"{settings.model}.yaml")
+    load = workload(settings.model)
+    limit = None
+    with tempfile.TemporaryDirectory(prefix=f"bench-{settings.model}-") as tmp, ExitStack() as stack:
+        workdir = Path(tmp)
+        bodies = load.write(workdir / "bodies.json")
+        if "limit" in settings.variants:
+            print("==> in-process limit", flush=True)
+            limit = limit_throughput(spec, load, max(settings.duration / 2, 3))
+            print(f"    limit      {limit['instances_per_second']:8.1f} instances/s at batch "
+                  f"{limit['batch_size']} ({limit['threads']} threads)", flush=True)
+        endpoints: dict[str, Endpoint] = {}
+        if any(v in settings.variants for v in ("ours", "unbatched", "plain")):
+            server, names = stack.enter_context(torchserve(settings, spec, workdir))
+            for variant, name in names.items():
+                endpoints[variant] = Endpoint(variant, server.inference_url, f"/predictions/{name}",
+                                              server.metrics_url, name if variant != "plain" else None)
+        if "fastapi" in settings.variants:
+            print("==> starting the FastAPI app", flush=True)
+            url = stack.enter_context(fastapi_app(settings.model, workdir))
+            endpoints["fastapi"] = Endpoint("fastapi", url, f"/predictions/{settings.model}", None, None)
+        ordered = [endpoints[variant] for variant in settings.variants if variant in endpoints]
+        rows = measure_all(settings, ordered, bodies, workdir) if ordered else []
+    return {"model": settings.model, "config": dict(spec.model_config), "cpu_count": os.cpu_count(),
+            "duration_s": settings.duration, "rounds": settings.rounds, "limit": limit, "runs": rows,
+            "ratios": ratios(rows, limit)}
+
+
+def ratios(rows: list[dict[str, Any]], limit: dict[str, float] | None) -> dict[str, float]:
+    """The figures the targets and the regression check use, at the highest concurrency measured."""
+    top = max((row["concurrency"] for row in rows), default=0)
+    at_top = {row["variant"]: row["throughput"] for row in rows if row["concurrency"] == top}
+    found: dict[str, float] = {}
+    if "ours" in at_top and limit:
+        found["ours_over_limit"] = at_top["ours"] / limit["instances_per_second"]
+    for other in ("unbatched", "plain", "fastapi"):
+        if "ours" in at_top and at_top.get(other):
+            found[f"ours_over_{other}"] = at_top["ours"] / at_top[other]
+    return found
+
+
+def write_report(report: dict[str, Any], out: Path) -> Path:
+    """report.md, results.json and two plots in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = ["| variant | clients | req/s | p50 ms | p95 ms | p99 ms | errors | mean batch | locust CPU |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in report["runs"]:
+        batch = f"{row['mean_batch']:.1f}" if row["mean_batch"] else "n/a"
+        lines.append(f"| {row['variant']} | {row['concurrency']} | {row['throughput']:.1f} | "
+                     f"{row['p50_ms']:.0f} | {row['p95_ms']:.0f} | {row['p99_ms']:.0f} | {row['failures']} | "
+                     f"{batch} | {100 * row['locust_cpu']:.0f}% |")
+    limit = report["limit"]
+    if limit:
+        lines.append(f"| limit (in-process) | - | {limit['instances_per_second']:.1f} instances/s | "
+                     f"{limit['batch_p50_ms']:.1f} per batch of {limit['batch_size']} | | | | | |")
+    lines += ["", *(f"- {name}: {value:.2f}" for name, value in report["ratios"].items())]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    _plot(report, out)
+    return out / "report.md"
+
+
+def _plot(report: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = (("throughput", "requests / s", "throughput.png"), ("p99_ms", "p99 latency (ms)", "p99.png"))
+    for field, label, name in plots:
+        figure, axes = plt.subplots(figsize=(6, 4))
+        for variant in dict.fromkeys(row["variant"] for row in report["runs"]):
+            points = [(row["concurrency"], row[field]) for row in report["runs"] if row["variant"] == variant]
+            axes.plot(*zip(*points, strict=True), marker="o", label=variant)
+        if field == "throughput" and report["limit"]:
+            axes.axhline(report["limit"]["instances_per_second"], linestyle="--", color="grey", label="limit")
+        axes.set_xscale("log", base=2)
+        axes.set_xlabel("concurrent clients")
+        axes.set_ylabel(label)
+        axes.set_title(f"{report['model']}: {label}")
+        axes.legend()
+        figure.tight_layout()
+        figure.savefig(out / name, dpi=100)
+        plt.close(figure)
+
+
+def parse_args(argv: list[str] | None) -> Settings:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--model", default="minilm", help="a model in configs/models/")
+    parser.add_argument("--concurrency", type=int, nargs="+", help="default 1 8 32 (quick: 32)")
+    parser.add_argument("--duration", type=float, help="seconds per measurement (default 10, quick 5)")
+    parser.add_argument("--rounds", type=int,
+                        help="interleaved rounds per cell, median kept (default 3, quick 1)")
+    parser.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=list(ALL_VARIANTS))
+    parser.add_argument("--quick", action="store_true", help="one concurrency, short runs: under 2 minutes")
+    parser.add_argument("--out", type=Path, default=Path("results/bench"))
+    args = parser.parse_args(argv)
+    return Settings(
+        model=args.model,
+        concurrency=tuple(args.concurrency or ((32,) if args.quick else (1, 8, 32))),
+        duration=args.duration or (5.0 if args.quick else 10.0),
+        warmup=2.0,
+        jvm_warmup=6.0 if args.quick else 10.0,
+        rounds=args.rounds or (1 if args.quick else 3),
+        variants=tuple(args.variants),
+        out=args.out / args.model,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    settings = parse_args(argv)
+    started = time.monotonic()
+    report = run(settings)
+    report["wall_seconds"] = round(time.monotonic() - started, 1)
+    path = write_report(report, settings.out)
+    print(path.read_text())
+    print(f"wrote {settings.out}/ in {report['wall_seconds']:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

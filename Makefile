@@ -10,13 +10,18 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 MODEL_CONFIGS := $(wildcard configs/models/*.yaml)
 TS_CONFIG     ?= configs/local.properties
+MODEL         ?= minilm
+P99_MS        ?= 250
 
-.PHONY: help install java models archive serve stop test test-unit test-e2e lint clean
+.PHONY: help install java models archive serve stop test test-unit test-e2e lint clean bench tune bench-check
 
 help:
 	@echo "make serve   install, build the example models and archives, start TorchServe"
 	@echo "make test    the whole test suite (unit + end-to-end against a real TorchServe)"
 	@echo "make stop    stop the TorchServe that 'make serve' started"
+	@echo "make bench MODEL=minilm [BENCH_ARGS=--quick]   benchmark one model (results/bench/)"
+	@echo "make tune MODEL=minilm P99_MS=250              sweep batch settings, recommend one"
+	@echo "make bench-check                               quick run vs configs/bench-baseline.json"
 	@echo "make archive / make models / make lint / make clean"
 
 install: $(VENV)/.installed
@@ -51,6 +56,15 @@ test: archive
 
 test-unit: models
 	$(PY) -m pytest tests/unit
+
+bench: models
+	$(PY) -m scripts.bench --model $(MODEL) $(BENCH_ARGS)
+
+tune: models
+	$(PY) -m scripts.tune --model $(MODEL) --p99-budget-ms $(P99_MS) $(TUNE_ARGS)
+
+bench-check: models
+	$(PY) -m scripts.bench_check
 
 lint: install
 	$(PY) -m ruff check handlers scripts tests

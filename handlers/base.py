@@ -159,7 +159,8 @@ class ModelHandler(BaseHandler):
         counts = [len(decoded.instances) for _, decoded in opened.values()]
         try:
             with self.metrics.stage("inference"):
-                outputs = self._forward([decoded.instances for _, decoded in opened.values()], sum(counts))
+                outputs = self.forward_batch([decoded.instances for _, decoded in opened.values()],
+                                             sum(counts))
         except Exception as error:  # noqa: BLE001 - the forward pass fails every request in it
             failure = _batch_failure(error)
             for index, (envelope, _) in opened.items():
@@ -186,7 +187,7 @@ class ModelHandler(BaseHandler):
             except Exception as error:  # noqa: BLE001 - converted to this request's status
                 responses[index] = self._fail(context, index, error, "encode", envelope)
 
-    def _forward(self, per_request: list[Any], expected_rows: int) -> torch.Tensor:
+    def forward_batch(self, per_request: list[Any], expected_rows: int) -> torch.Tensor:
         """One collate and one forward pass for every instance; one output row each, on the CPU."""
         with torch.inference_mode():
             outputs = self.predict(self.collate(per_request)).detach().cpu()

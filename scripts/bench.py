@@ -60,21 +60,20 @@ class Settings:
     out: Path
 
 
-def limit_throughput(spec: ModelSpec, load: Workload, seconds: float) -> dict[str, float]:
-    """Instances per second of collate + predict on decoded inputs, batchSize at a time, in-process."""
-    batch_size = int(spec.model_config.get("batchSize", 1))
+def limit_throughput(spec: ModelSpec, load: Workload, seconds: float, batch_size: int) -> dict[str, float]:
+    """Instances per second of collate + predict on decoded inputs, batch_size at a time, in-process."""
     with LocalModel.from_config(spec.source) as local:
         handler = local.handler
         decoded = [handler.decode(Payload.of(0, "body", body, load.content_type, {})).instances
                    for body in load.bodies]
         batches = [decoded[i:i + batch_size] for i in range(0, len(decoded) - batch_size + 1, batch_size)]
         for batch in batches[:3]:  # warm-up
-            handler._forward(batch, sum(len(item) for item in batch))
+            handler.forward_batch(batch, sum(len(item) for item in batch))
         done, started, timings = 0, time.perf_counter(), []
         while time.perf_counter() - started < seconds:
             batch = batches[len(timings) % len(batches)]
             tick = time.perf_counter()
-            handler._forward(batch, sum(len(item) for item in batch))
+            handler.forward_batch(batch, sum(len(item) for item in batch))
             timings.append(time.perf_counter() - tick)
             done += sum(len(item) for item in batch)
         elapsed = time.perf_counter() - started
@@ -199,9 +198,13 @@ def run(settings: Settings) -> dict[str, Any]:
         bodies = load.write(workdir / "bodies.json")
         if "limit" in settings.variants:
             print("==> in-process limit", flush=True)
-            limit = limit_throughput(spec, load, max(settings.duration / 2, 3))
+            batch_size = int(spec.model_config.get("batchSize", 1))
+            limit = limit_throughput(spec, load, max(settings.duration / 2, 3), batch_size)
+            limit["unbatched_instances_per_second"] = limit_throughput(
+                spec, load, max(settings.duration / 4, 2), 1)["instances_per_second"]
             print(f"    limit      {limit['instances_per_second']:8.1f} instances/s at batch "
-                  f"{limit['batch_size']} ({limit['threads']} threads)", flush=True)
+                  f"{limit['batch_size']}, {limit['unbatched_instances_per_second']:.1f} at batch 1 "
+                  f"({limit['threads']} threads)", flush=True)
         endpoints: dict[str, Endpoint] = {}
         if any(v in settings.variants for v in ("ours", "unbatched", "plain")):
             server, names = stack.enter_context(torchserve(settings, spec, workdir))
@@ -245,8 +248,11 @@ def write_report(report: dict[str, Any], out: Path) -> Path:
                      f"{batch} | {100 * row['locust_cpu']:.0f}% |")
     limit = report["limit"]
     if limit:
-        lines.append(f"| limit (in-process) | - | {limit['instances_per_second']:.1f} instances/s | "
-                     f"{limit['batch_p50_ms']:.1f} per batch of {limit['batch_size']} | | | | | |")
+        lines.append(f"| limit, in-process, batch {limit['batch_size']} | - | "
+                     f"{limit['instances_per_second']:.1f} instances/s | "
+                     f"{limit['batch_p50_ms']:.1f} per batch | | | | | |")
+        lines.append(f"| limit, in-process, batch 1 | - | {limit['unbatched_instances_per_second']:.1f} "
+                     f"instances/s | | | | | | |")
     lines += ["", *(f"- {name}: {value:.2f}" for name, value in report["ratios"].items())]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     _plot(report, out)
@@ -281,7 +287,7 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--model", default="minilm", help="a model in configs/models/")
     parser.add_argument("--concurrency", type=int, nargs="+", help="default 1 8 32 (quick: 32)")
-    parser.add_argument("--duration", type=float, help="seconds per measurement (default 10, quick 5)")
+    parser.add_argument("--duration", type=float, help="seconds per measurement (default 8, quick 5)")
     parser.add_argument("--rounds", type=int,
                         help="interleaved rounds per cell, median kept (default 3, quick 1)")
     parser.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=list(ALL_VARIANTS))
@@ -291,7 +297,7 @@ def parse_args(argv: list[str] | None) -> Settings:
     return Settings(
         model=args.model,
         concurrency=tuple(args.concurrency or ((32,) if args.quick else (1, 8, 32))),
-        duration=args.duration or (5.0 if args.quick else 10.0),
+        duration=args.duration or (5.0 if args.quick else 8.0),
         warmup=2.0,
         jvm_warmup=6.0 if args.quick else 10.0,
         rounds=args.rounds or (1 if args.quick else 3),

@@ -28,7 +28,8 @@ def regressions(baseline: dict[str, Any], fresh: dict[str, float]) -> list[str]:
         if got is None:
             problems.append(f"{name}: not measured")
         elif got < expected * (1 - tolerance):
-            problems.append(f"{name}: {got:.3f} is more than {tolerance:.0%} below the baseline {expected:.3f}")
+            problems.append(f"{name}: {got:.3f} is more than {tolerance:.0%} below the baseline "
+                            f"{expected:.3f}")
     return problems
 
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| ratio | baseline | fresh | change |\n| --- | ---: | ---: | ---: |")
     for name, expected in baseline["ratios"].items():
         got = fresh.get(name)
-        change = f"{(got / expected - 1):+.0%}" if got else "missing"
+        change = f"{(got / expected - 1):+.0%}" if got and expected else "missing"
         print(f"| {name} | {expected:.3f} | {got if got is None else f'{got:.3f}'} | {change} |")
     if args.update:
         baseline["ratios"] = {name: round(fresh[name], 3) for name in baseline["ratios"]}

@@ -199,7 +199,7 @@ def run(settings: Settings) -> dict[str, Any]:
         if "limit" in settings.variants:
             print("==> in-process limit", flush=True)
             batch_size = int(spec.model_config.get("batchSize", 1))
-            limit = limit_throughput(spec, load, max(settings.duration / 2, 3), batch_size)
+            limit = limit_throughput(spec, load, max(settings.duration / 2, 5), batch_size)
             limit["unbatched_instances_per_second"] = limit_throughput(
                 spec, load, max(settings.duration / 4, 2), 1)["instances_per_second"]
             print(f"    limit      {limit['instances_per_second']:8.1f} instances/s at batch "
@@ -287,9 +287,9 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--model", default="minilm", help="a model in configs/models/")
     parser.add_argument("--concurrency", type=int, nargs="+", help="default 1 8 32 (quick: 32)")
-    parser.add_argument("--duration", type=float, help="seconds per measurement (default 8, quick 5)")
+    parser.add_argument("--duration", type=float, help="seconds per measurement (default 8, quick 4)")
     parser.add_argument("--rounds", type=int,
-                        help="interleaved rounds per cell, median kept (default 3, quick 1)")
+                        help="interleaved rounds per cell, median kept (default 3, quick 2)")
     parser.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=list(ALL_VARIANTS))
     parser.add_argument("--quick", action="store_true", help="one concurrency, short runs: under 2 minutes")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
@@ -297,10 +297,10 @@ def parse_args(argv: list[str] | None) -> Settings:
     return Settings(
         model=args.model,
         concurrency=tuple(args.concurrency or ((32,) if args.quick else (1, 8, 32))),
-        duration=args.duration or (5.0 if args.quick else 8.0),
-        warmup=2.0,
+        duration=args.duration or (4.0 if args.quick else 8.0),
+        warmup=3.0,
         jvm_warmup=6.0 if args.quick else 10.0,
-        rounds=args.rounds or (1 if args.quick else 3),
+        rounds=args.rounds or (2 if args.quick else 3),
         variants=tuple(args.variants),
         out=args.out / args.model,
     )

@@ -12,6 +12,7 @@ import base64
 import csv
 import json
 import logging
+import math
 import os
 import resource
 import subprocess
@@ -76,7 +77,8 @@ class LoadResult:
 
 
 def run_load(host: str, path: str, bodies_file: Path, users: int, seconds: float, workdir: Path,
-             metrics_url: str | None = None, model_label: str | None = None) -> LoadResult:
+             metrics_url: str | None = None, model_label: str | None = None,
+             settle: float = 1.0) -> LoadResult:
     """Run locust for `seconds` with `users` concurrent clients; figures from its CSV summary."""
     prefix = workdir / f"locust-{path.strip('/').replace('/', '_')}-{users}-{time.monotonic_ns()}"
     before = scrape(metrics_url) if metrics_url else []
@@ -98,11 +100,17 @@ def run_load(host: str, path: str, bodies_file: Path, users: int, seconds: float
     if metrics_url and model_label:
         time.sleep(1.0)  # workers' metrics reach the frontend through their log stream
         mean_batch = histogram_mean(before, scrape(metrics_url), "BatchRequests", ModelName=model_label)
+    time.sleep(settle)  # let requests still queued when locust stopped drain before the next run
     return LoadResult(
         requests=int(row["Request Count"]), failures=int(row["Failure Count"]),
-        throughput=float(row["Requests/s"]), p50_ms=float(row["50%"]), p95_ms=float(row["95%"]),
-        p99_ms=float(row["99%"]), locust_cpu=cpu / (wall * (os.cpu_count() or 1)), mean_batch=mean_batch,
+        throughput=float(row["Requests/s"]), p50_ms=_ms(row["50%"]), p95_ms=_ms(row["95%"]),
+        p99_ms=_ms(row["99%"]), locust_cpu=cpu / (wall * (os.cpu_count() or 1)), mean_batch=mean_batch,
     )
+
+
+def _ms(value: str) -> float:
+    """A locust percentile; N/A (no request completed) is infinitely slow."""
+    return math.inf if value == "N/A" else float(value)
 
 
 def _aggregated_row(stats_csv: Path) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 import requests
 
 from scripts import datasets
+from scripts.prometheus import histogram_mean, scrape
 from tests.battery import Bad, Call, Good, bad_calls, check_bad, check_good, good_calls
 from tests.e2e.conftest import FIGURES, MODELS, Server
 from tests.helpers import SENTENCES, reference_tabular, sentence_transformers_embeddings
@@ -55,7 +57,7 @@ def test_battery_rides_in_batches_with_good_requests_and_workers_survive(server:
     embeddings = dict(zip(SENTENCES, sentence_transformers_embeddings(SENTENCES), strict=True))
     log = server.workdir / "logs" / "model_log.log"
     offset = log.stat().st_size
-    before = worker_pids(server)
+    before, metrics_before = worker_pids(server), scrape(server.metrics_url)
 
     with ThreadPoolExecutor(CONCURRENCY) as pool:
         answers = list(pool.map(lambda item: send(server, item.call), wave))
@@ -67,15 +69,22 @@ def test_battery_rides_in_batches_with_good_requests_and_workers_survive(server:
             assert answer.status_code == 200, (item.call.model, item.call.route, answer.text)
             check_good(item, answer.json(), embeddings)
     assert worker_pids(server) == before
+    time.sleep(1)  # workers' log lines and metrics reach the frontend a little after the responses
     logged = log_since(log, offset)
     # Client mistakes are logged at INFO; only handler bugs take these paths (with a traceback).
     assert "unexpected error" not in logged and "forward pass failed" not in logged
+    # Handlers log each batch that had rejections; every batch's size is in the metrics.
     batches = batches_logged(logged)
     mixed = [(size, rejected) for size, rejected in batches if 0 < rejected < size]
+    metrics_after = scrape(server.metrics_url)
+    mean_batch = {model: histogram_mean(metrics_before, metrics_after, "BatchRequests", ModelName=model)
+                  for model in MODELS}
     FIGURES["battery"] = (f"{len(bad)} distinct bad requests x3 with {2 * len(wave) // 3} good ones; "
-                          f"{len(batches)} batches, largest {max(s for s, _ in batches)} requests, "
-                          f"{len(mixed)} held good and bad requests together")
-    assert max(size for size, _ in batches) >= 4, batches
+                          f"{len(mixed)} batches held good and bad requests together (largest "
+                          f"{max((s for s, _ in mixed), default=0)} requests); mean good requests per "
+                          f"forward pass: " + ", ".join(f"{m} {v:.1f}" for m, v in mean_batch.items() if v))
+    assert all(value is not None for value in mean_batch.values()), mean_batch
+    assert max(value or 0 for value in mean_batch.values()) > 1.5, mean_batch  # batches held several
     assert mixed, f"no batch held both good and bad requests: {batches}"
 
 

@@ -153,7 +153,7 @@ def measure_all(settings: Settings, endpoints: list[Endpoint], bodies: Path,
     other load) over all variants instead of charging them to whichever runs first.
     """
     print(f"==> warming up every endpoint for {settings.jvm_warmup:g}s", flush=True)
-    for endpoint in endpoints:
+    for endpoint in endpoints if settings.jvm_warmup > 0 else []:
         run_load(endpoint.host, endpoint.path, bodies, max(settings.concurrency), settings.jvm_warmup,
                  workdir)
     rows = []
@@ -161,7 +161,8 @@ def measure_all(settings: Settings, endpoints: list[Endpoint], bodies: Path,
         rounds: dict[str, list[LoadResult]] = {endpoint.variant: [] for endpoint in endpoints}
         for number in range(settings.rounds):
             for endpoint in endpoints:
-                run_load(endpoint.host, endpoint.path, bodies, users, settings.warmup, workdir)
+                if settings.warmup > 0:
+                    run_load(endpoint.host, endpoint.path, bodies, users, settings.warmup, workdir)
                 result = run_load(endpoint.host, endpoint.path, bodies, users, settings.duration, workdir,
                                   endpoint.metrics_url, endpoint.model_label)
                 rounds[endpoint.variant].append(result)

@@ -79,13 +79,15 @@ class LoadResult:
 def run_load(host: str, path: str, bodies_file: Path, users: int, seconds: float, workdir: Path,
              metrics_url: str | None = None, model_label: str | None = None,
              settle: float = 1.0) -> LoadResult:
-    """Run locust for `seconds` with `users` concurrent clients; figures from its CSV summary."""
+    """Run locust for `seconds` (whole seconds, rounded up) with `users` concurrent clients;
+    figures from its CSV summary."""
     prefix = workdir / f"locust-{path.strip('/').replace('/', '_')}-{users}-{time.monotonic_ns()}"
     before = scrape(metrics_url) if metrics_url else []
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
+    run_time = f"{max(1, math.ceil(seconds))}s"
     command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
-               "--users", str(users), "--spawn-rate", str(users), "--run-time", f"{seconds:g}s",
+               "--users", str(users), "--spawn-rate", str(users), "--run-time", run_time,
                "--host", host, "--csv", str(prefix), "--loglevel", "ERROR", "--exit-code-on-error", "0"]
     env = {**os.environ, "BENCH_BODIES": str(bodies_file), "BENCH_PATH": path}
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False,

@@ -16,6 +16,7 @@ which on a small model is a measurable share of the worker's time.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 from collections import Counter
@@ -28,10 +29,12 @@ from ts.metrics.metric_type_enum import MetricTypes
 
 logger = logging.getLogger("ts.metrics.handler")
 _HOSTNAME = socket.gethostname()
+# The frontend splits dimensions at "," and name from value at ":"; "|" ends the field.
+_DIMENSION_UNSAFE = re.compile(r"[,:|]")
 _DECLARED = {
     "HandlerStageSeconds": MetricTypes.HISTOGRAM, "BatchRequests": MetricTypes.HISTOGRAM,
-    "BatchInstances": MetricTypes.HISTOGRAM, "HandlerResponses": MetricTypes.COUNTER,
-    "HandlerErrors": MetricTypes.COUNTER, "DeviceMemoryAllocatedBytes": MetricTypes.GAUGE,
+    "BatchInstances": MetricTypes.HISTOGRAM, "HandlerResponses_total": MetricTypes.COUNTER,
+    "HandlerErrors_total": MetricTypes.COUNTER, "DeviceMemoryAllocatedBytes": MetricTypes.GAUGE,
 }
 
 
@@ -69,13 +72,14 @@ class HandlerMetrics:
 
     def outcomes(self, statuses: Counter[int], errors: Counter[str]) -> None:
         for status, count in statuses.items():
-            self._add("HandlerResponses", count, str(status))
+            self._add("HandlerResponses_total", count, str(status))
         for kind, count in errors.items():
-            self._add("HandlerErrors", count, kind)
+            self._add("HandlerErrors_total", count, kind)
 
     def device_memory(self, device: torch.device) -> None:
         if device.type == "cuda":
-            self._add("DeviceMemoryAllocatedBytes", torch.cuda.memory_allocated(device), str(device))
+            self._add("DeviceMemoryAllocatedBytes", torch.cuda.memory_allocated(device),
+                      f"{device.type}{device.index or 0}")
 
     def flush(self) -> None:
         """Write this batch's metric lines as one log record."""
@@ -88,7 +92,8 @@ class HandlerMetrics:
         if metric is None:
             return
         values = (*self._model, *dimensions)
-        dimension_text = ",".join(f"{n}:{v}" for n, v in zip(metric.dimension_names, values, strict=True))
+        dimension_text = ",".join(f"{n}:{_DIMENSION_UNSAFE.sub('_', v)}"
+                                  for n, v in zip(metric.dimension_names, values, strict=True))
         self._lines.append(f"[METRICS]{name}.{metric.unit}:{value}|#{dimension_text}|"
                            f"#type:{metric.metric_type.name}|#hostname:{_HOSTNAME},{int(time.time())}")
 

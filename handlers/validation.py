@@ -48,8 +48,8 @@ def float_rows(value: Any, width: int, field: str, max_rows: int) -> tuple[torch
 def float_matrix(rows: list[Any], width: int, names: list[str]) -> torch.Tensor:
     """Rows of exactly `width` finite float32 numbers as a tensor [N, width]; `names` name each row.
 
-    Good rows take a vectorised path; only when it fails are values checked one
-    by one, to name the first bad one in the error.
+    Good rows take a fast path; only when it fails are values checked one by one,
+    to name the first bad one in the error.
     """
     matrix = _fast_matrix(rows, width)
     if matrix is not None:
@@ -68,7 +68,10 @@ def _fast_matrix(rows: list[Any], width: int) -> torch.Tensor | None:
     for row in rows:
         if type(row) is not list or len(row) != width or not _NUMBER_TYPES.issuperset(map(type, row)):
             return None
-        total = sum(row)
+        try:
+            total = sum(row)
+        except OverflowError:  # a huge JSON integer among floats
+            return None
         if total != total or not max(map(abs, row)) <= FLOAT32_MAX:  # NaN, infinity, beyond float32
             return None
     return torch.tensor(rows, dtype=torch.float32)

@@ -147,7 +147,7 @@ class Endpoint:
 
 def measure_all(settings: Settings, endpoints: list[Endpoint], bodies: Path,
                 workdir: Path) -> list[dict[str, Any]]:
-    """Every variant at every concurrency, in interleaved rounds; per cell, the median round.
+    """Every variant at every concurrency, in interleaved rounds; per cell, each figure's median.
 
     Interleaving (A B C, A B C, ...) spreads slow drifts (JIT warm-up, page cache,
     other load) over all variants instead of charging them to whichever runs first.

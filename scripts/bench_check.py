@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(report["ratios"])
     fresh = {name: statistics.median(run[name] for run in runs if name in run)
              for name in baseline["ratios"] if any(name in run for run in runs)}
+    if args.update and set(fresh) != set(baseline["ratios"]):
+        print(f"not updating: ratios {sorted(set(baseline['ratios']) - set(fresh))} were not measured")
+        return 1
     print("| ratio | baseline | fresh | change |\n| --- | ---: | ---: | ---: |")
     for name, expected in baseline["ratios"].items():
         got = fresh.get(name)

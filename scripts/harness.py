@@ -39,10 +39,9 @@ from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.service import Service
 
 from handlers.base import ModelHandler
-from scripts.model_config import CONFIG_DIR, find_handler_class, handler_class, load_spec
+from scripts.model_config import CONFIG_DIR, METRICS_CONFIG, find_handler_class, handler_class, load_spec
 
 URLENCODED = "application/x-www-form-urlencoded"
-METRICS_CONFIG = Path("configs/metrics.yaml")  # the one the servers use, so metric names are checked
 
 
 @dataclass(frozen=True)

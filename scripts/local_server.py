@@ -21,9 +21,8 @@ from pathlib import Path
 import requests
 
 from scripts.client import TorchServeClient, TorchServeError
+from scripts.model_config import METRICS_CONFIG
 from scripts.serve import torchserve_command, wait_until_ready
-
-METRICS_CONFIG = Path("configs/metrics.yaml")
 
 
 def free_port() -> int:

@@ -38,6 +38,7 @@ from handlers.base import ModelHandler
 from handlers.options import OptionsError, parse_options
 
 CONFIG_DIR = Path("configs/models")  # one YAML per model, relative to the repository root
+METRICS_CONFIG = Path("configs/metrics.yaml")  # the metrics the servers export (metrics_config=)
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 VERSION_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*$")

@@ -108,6 +108,7 @@ def bad_calls() -> list[Bad]:
         Bad(tabular(body=as_json({"features": row[:29] + ["7"]})), 400, "'features[29]' must be a number"),
         Bad(tabular(body=b'{"features": [NaN' + b", 1" * 29 + b"]}"), 400, "finite float32"),
         Bad(tabular(body=as_json({"features": row[:29] + [1e39]})), 400, "finite float32"),
+        Bad(tabular(body=as_json({"features": [10**400] + row[1:]})), 400, "'features[0]' must be a finite"),
         Bad(tabular(body=as_json({"features": [row] * 257})), 413, "the limit is 256"),
         Bad(tabular(body=b"[" * 5000 + b"]" * 5000), 400, "too deeply nested"),
         Bad(tabular(body=as_json({"features": [3e38] * 30})), 400, "output for this input is not finite"),

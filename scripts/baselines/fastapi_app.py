@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,11 +21,11 @@ KIND = os.environ.get("BENCH_MODEL", "tabular")
 
 
 def _load() -> Any:
+    """The model from its build folder (every example model keeps its files in one folder)."""
     spec = load_spec(CONFIG_DIR / f"{KIND}.yaml")
-    model_dir = Path(tempfile.mkdtemp(prefix=f"fastapi-{KIND}-"))
-    for file in spec.files:
-        shutil.copyfile(file, model_dir / file.name)
-    return load_model(KIND, model_dir, dict(spec.model_config))
+    (model_dir,) = {file.parent for file in spec.files}
+    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    return load_model(KIND, model_dir, dict(spec.model_config), device)
 
 
 MODEL = _load()
@@ -38,7 +35,7 @@ app = FastAPI()
 def _answer(body: bytes) -> Any:
     parsed = body if KIND == "digits" else json.loads(body)
     with torch.inference_mode():
-        return MODEL.encode(MODEL.predict(plain_batch(KIND, MODEL, [parsed]))[0])
+        return MODEL.encode(MODEL.predict(plain_batch(KIND, MODEL, [parsed])).cpu()[0])
 
 
 @app.get("/ping")

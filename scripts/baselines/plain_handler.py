@@ -20,7 +20,7 @@ from PIL import Image
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.architectures import DIGITS_SIDE
-from handlers.base import ModelHandler
+from handlers.base import ModelHandler, pick_device
 from handlers.digits import DigitsHandler
 from handlers.images import to_digit_tensor
 from handlers.minilm import MiniLMHandler
@@ -32,10 +32,12 @@ MODELS: dict[str, type[ModelHandler]] = {
 }
 
 
-def load_model(kind: str, model_dir: Path, model_config: dict[str, Any]) -> ModelHandler:
+def load_model(kind: str, model_dir: Path, model_config: dict[str, Any],
+               device: torch.device) -> ModelHandler:
     """Our handler for `kind`, with its weights loaded, used only for load/collate/predict/encode."""
     model = MODELS[kind]()
     model.options = parse_options(model.Options, model_config.get("handler"))
+    model.device = device
     model.load(model_dir)
     return model
 
@@ -43,10 +45,11 @@ def load_model(kind: str, model_dir: Path, model_config: dict[str, Any]) -> Mode
 def plain_batch(kind: str, model: ModelHandler, bodies: list[Any]) -> Any:
     """The docs' preprocess: read each body the happy way and stack them."""
     if kind == "tabular":
-        return torch.stack([torch.tensor(body["features"], dtype=torch.float32) for body in bodies])
+        rows = torch.stack([torch.tensor(body["features"], dtype=torch.float32) for body in bodies])
+        return rows.to(model.device)
     if kind == "digits":
         images = [Image.open(io.BytesIO(body)) for body in bodies]
-        return torch.cat([to_digit_tensor(image, DIGITS_SIDE, "auto") for image in images])
+        return torch.cat([to_digit_tensor(image, DIGITS_SIDE, "auto") for image in images]).to(model.device)
     return model.collate([[body["text"]] for body in bodies])
 
 
@@ -54,7 +57,7 @@ class PlainHandler(BaseHandler):
     def initialize(self, context: Any) -> None:
         self.kind = context.model_yaml_config["plain"]["model"]
         self.model = load_model(self.kind, Path(context.system_properties["model_dir"]),
-                                context.model_yaml_config)
+                                context.model_yaml_config, pick_device(context.system_properties))
         self.initialized = True
 
     def preprocess(self, data: list[dict[str, Any]]) -> Any:
@@ -62,7 +65,7 @@ class PlainHandler(BaseHandler):
 
     def inference(self, data: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         with torch.inference_mode():
-            return self.model.predict(data)
+            return self.model.predict(data).cpu()
 
     def postprocess(self, data: torch.Tensor) -> list[Any]:
         return [self.model.encode(row) for row in data]

@@ -46,6 +46,10 @@ def test_handler_metrics_after_concurrent_traffic(server: Server) -> None:
     after = settled_scrape(
         server, lambda samples: total(samples, "HandlerResponses_total", **TABULAR) - responses_before >= 104)
 
+    raw = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
+    # Exported under the declared names (what a real Prometheus stores), not the parser's.
+    assert "\nHandlerResponses_total{" in raw and "\nBatchRequests_sum{" in raw
+
     def grew(name: str, **labels: str) -> float:
         return total(after, name, **labels) - total(before, name, **labels)
 

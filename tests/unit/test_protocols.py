@@ -126,9 +126,9 @@ def test_metrics_declared_in_the_yaml_are_emitted_per_batch(
     model = "ModelName:tabular,ModelVersion:1.0"
     assert values("BatchRequests", model) == [2]
     assert values("BatchInstances", model) == [4]
-    assert values("HandlerResponses", "Status:200") == [2]
-    assert values("HandlerResponses", "Status:400") == [1]
-    assert values("HandlerErrors", "Kind:InvalidInput") == [1]
+    assert values("HandlerResponses_total", "Status:200") == [2]
+    assert values("HandlerResponses_total", "Status:400") == [1]
+    assert values("HandlerErrors_total", "Kind:InvalidInput") == [1]
     for stage in ("decode", "inference", "encode"):
         (seconds,) = values("HandlerStageSeconds", f"Stage:{stage}")
         assert 0 <= seconds < 5

@@ -200,9 +200,9 @@ def run(settings: Settings) -> dict[str, Any]:
         if "limit" in settings.variants:
             print("==> in-process limit", flush=True)
             batch_size = int(spec.model_config.get("batchSize", 1))
-            limit = limit_throughput(spec, load, max(settings.duration / 2, 5), batch_size)
+            limit = limit_throughput(spec, load, max(settings.duration, 3), batch_size)
             limit["unbatched_instances_per_second"] = limit_throughput(
-                spec, load, max(settings.duration / 4, 2), 1)["instances_per_second"]
+                spec, load, max(settings.duration / 2, 2), 1)["instances_per_second"]
             print(f"    limit      {limit['instances_per_second']:8.1f} instances/s at batch "
                   f"{limit['batch_size']}, {limit['unbatched_instances_per_second']:.1f} at batch 1 "
                   f"({limit['threads']} threads)", flush=True)
@@ -299,8 +299,8 @@ def parse_args(argv: list[str] | None) -> Settings:
         model=args.model,
         concurrency=tuple(args.concurrency or ((32,) if args.quick else (1, 8, 32))),
         duration=args.duration or (4.0 if args.quick else 8.0),
-        warmup=3.0,
-        jvm_warmup=6.0 if args.quick else 10.0,
+        warmup=0.0 if args.quick else 3.0,  # quick: the endpoint warm-up and the drain must do
+        jvm_warmup=5.0 if args.quick else 10.0,
         rounds=args.rounds or (2 if args.quick else 3),
         variants=tuple(args.variants),
         out=args.out / args.model,

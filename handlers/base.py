@@ -154,8 +154,8 @@ class ModelHandler(BaseHandler):
                 responses[index] = self._fail(context, index, error, "decode", envelope)
         return opened
 
-    def _run_batch(self, opened: Opened, responses: list[Any],
-                   context: Any) -> None:
+    def _run_batch(self, opened: Opened, responses: list[Any], context: Any) -> None:
+        """One forward pass for every opened request, then each request's answer."""
         counts = [len(decoded.instances) for _, decoded in opened.values()]
         try:
             with self.metrics.stage("inference"):

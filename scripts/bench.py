@@ -40,7 +40,7 @@ from handlers.payload import Payload
 from scripts.archive import build_archive
 from scripts.harness import LocalModel
 from scripts.loadgen import LoadResult, Workload, run_load, workload
-from scripts.local_server import LocalServer, free_port
+from scripts.local_server import LocalServer, free_port, wait_until_answering
 from scripts.model_config import CONFIG_DIR, ModelSpec, load_spec
 
 logger = logging.getLogger(__name__)
@@ -99,11 +99,9 @@ def torchserve(settings: Settings, spec: ModelSpec,
     print("==> starting TorchServe", flush=True)
     with LocalServer.start(workdir / "server", store, list(names.values())) as server:
         if "unbatched" in settings.variants:
-            response = requests.post(f"{server.management_url}/models", timeout=600, params={
-                "url": f"{spec.name}.mar", "model_name": f"{spec.name}_unbatched", "batch_size": 1,
-                "max_batch_delay": spec.model_config.get("maxBatchDelay", 100), "synchronous": "true"})
-            response.raise_for_status()
             names["unbatched"] = f"{spec.name}_unbatched"
+            server.register(f"{spec.name}.mar", names["unbatched"], batch_size=1,
+                            max_batch_delay=int(spec.model_config.get("maxBatchDelay", 100)))
         yield server, names
 
 
@@ -118,16 +116,8 @@ def fastapi_app(model: str, workdir: Path) -> Iterator[str]:
                                    stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                requests.get(f"{url}/ping", timeout=2).raise_for_status()
-                break
-            except requests.RequestException:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log = workdir / "fastapi.log"
-                    raise RuntimeError(f"the FastAPI app did not start; see {log}") from None
-                time.sleep(0.3)
+        wait_until_answering(lambda: requests.get(f"{url}/ping", timeout=2).raise_for_status(), process,
+                             timeout=120, what=f"the FastAPI app (log: {workdir / 'fastapi.log'})")
         yield url
     finally:
         process.terminate()

@@ -42,6 +42,3 @@ def digits() -> Split:
     data = load_digits()
     return _split(data.images.astype(np.float32), data.target.astype(np.int64))
 
-
-def breast_cancer_class_names() -> list[str]:
-    return [str(name) for name in load_breast_cancer().target_names]

@@ -38,7 +38,6 @@ WORDS = ("model serving batches requests quickly while the queue waits for a wor
 class Workload:
     """The request bodies every variant is sent, with their content type."""
 
-    model: str
     content_type: str
     bodies: list[bytes]
 
@@ -53,13 +52,13 @@ def workload(model: str) -> Workload:
     """Held-out rows and images for tabular and digits; sentences of 5 to 60 words for minilm."""
     if model == "tabular":
         rows = datasets.breast_cancer().held_out_x
-        return Workload(model, "application/json",
+        return Workload("application/json",
                         [json.dumps({"features": row.tolist()}).encode() for row in rows])
     if model == "digits":
-        return Workload(model, "image/png", [digit_png(image) for image in datasets.digits().held_out_x])
+        return Workload("image/png", [digit_png(image) for image in datasets.digits().held_out_x])
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(5, 61)))) for _ in range(200)]
-    return Workload(model, "application/json", [json.dumps({"text": text}).encode() for text in texts])
+    return Workload("application/json", [json.dumps({"text": text}).encode() for text in texts])
 
 
 @dataclass(frozen=True)

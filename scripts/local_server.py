@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,18 +60,19 @@ def write_properties(workdir: Path, store: Path, archives: Sequence[str],
     return properties
 
 
-def wait_until_answering(client: TorchServeClient, process: subprocess.Popen[bytes], timeout: float) -> None:
-    """Poll the frontend's ping until it answers; fail early if the server process died."""
+def wait_until_answering(ping: Callable[[], object], process: subprocess.Popen[bytes], timeout: float,
+                         what: str = "TorchServe") -> None:
+    """Call `ping` until it stops raising; fail early if the server process died."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            client.ping()
+            ping()
             return
         except (requests.RequestException, TorchServeError):
             if process.poll() is not None:
-                raise RuntimeError(f"TorchServe exited with code {process.returncode}") from None
+                raise RuntimeError(f"{what} exited with code {process.returncode}") from None
             if time.monotonic() > deadline:
-                raise TimeoutError(f"TorchServe did not answer within {timeout:.0f}s") from None
+                raise TimeoutError(f"{what} did not answer within {timeout:.0f}s") from None
             time.sleep(0.3)
 
 
@@ -112,12 +113,27 @@ class LocalServer:
         server = cls(workdir, properties, process)
         try:
             with server.client() as client:
-                wait_until_answering(client, process, timeout)
+                wait_until_answering(client.ping, process, timeout)
                 wait_until_ready(client, models, timeout=timeout, log_hint=workdir / "logs")
         except BaseException:
             server.stop()
             raise
         return server
+
+    def register(self, archive: str, name: str, batch_size: int, max_batch_delay: int,
+                 workers: int | None = None) -> None:
+        """Register `archive` (in the store) as `name` with this batching; then scale to `workers`."""
+        response = requests.post(f"{self.management_url}/models", timeout=600, params={
+            "url": archive, "model_name": name, "batch_size": batch_size,
+            "max_batch_delay": max_batch_delay, "synchronous": "true"})
+        response.raise_for_status()
+        if workers is not None:  # registration takes the archive's own worker counts
+            response = requests.put(f"{self.management_url}/models/{name}", timeout=600, params={
+                "min_worker": workers, "max_worker": workers, "synchronous": "true"})
+            response.raise_for_status()
+
+    def unregister(self, name: str) -> None:
+        requests.delete(f"{self.management_url}/models/{name}", timeout=120).raise_for_status()
 
     def stop(self) -> None:
         """SIGTERM the server's whole process group (frontend and workers), then SIGKILL."""

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
 import yaml
 
 from scripts.archive import build_archive
@@ -36,22 +35,6 @@ class Combination:
     batch_size: int
     max_batch_delay: int
     workers: int
-
-
-def register(server: LocalServer, archive: str, name: str, combo: Combination) -> None:
-    """Register `archive` as `name` with the combination's batching, then scale to its workers."""
-    management = server.management_url
-    response = requests.post(f"{management}/models", timeout=600, params={
-        "url": archive, "model_name": name, "batch_size": combo.batch_size,
-        "max_batch_delay": combo.max_batch_delay, "synchronous": "true"})
-    response.raise_for_status()
-    response = requests.put(f"{management}/models/{name}", timeout=600, params={
-        "min_worker": combo.workers, "max_worker": combo.workers, "synchronous": "true"})
-    response.raise_for_status()
-
-
-def unregister(server: LocalServer, name: str) -> None:
-    requests.delete(f"{server.management_url}/models/{name}", timeout=120).raise_for_status()
 
 
 def best(rows: list[dict[str, Any]], budget_ms: float) -> dict[str, Any] | None:
@@ -81,14 +64,15 @@ def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
         with LocalServer.start(workdir / "server", workdir / "store", []) as server:
             for number, combo in enumerate(combos, 1):
                 name = f"{spec.name}_tune{number}"
-                register(server, f"{spec.name}.mar", name, combo)
+                server.register(f"{spec.name}.mar", name, combo.batch_size, combo.max_batch_delay,
+                                combo.workers)
                 try:
                     path = f"/predictions/{name}"
                     run_load(server.inference_url, path, bodies, args.concurrency, args.warmup, workdir)
                     result: LoadResult = run_load(server.inference_url, path, bodies, args.concurrency,
                                                   args.duration, workdir, server.metrics_url, name)
                 finally:
-                    unregister(server, name)
+                    server.unregister(name)
                 row = {**asdict(combo), **asdict(result)}
                 rows.append(row)
                 batch = f"{result.mean_batch:.1f}" if result.mean_batch else "n/a"

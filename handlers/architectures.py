@@ -6,6 +6,7 @@ Weights are stored as safetensors state dicts; these classes give them a shape.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 TABULAR_FEATURES = 30
@@ -58,3 +59,23 @@ class DigitsCNN(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(images / 16.0))
+
+
+class MeanPooledEncoder(nn.Module):
+    """A BERT encoder with sentence-transformers' mean pooling and L2 normalisation on top.
+
+    Input: token ids, attention mask and token type ids, [N, length] each; output:
+    one unit-length embedding per text. Padding tokens (mask 0) do not count.
+    """
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return F.normalize(pooled, p=2, dim=1)

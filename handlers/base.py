@@ -4,14 +4,20 @@ Lifecycle (TorchServe calls `initialize` once per worker, `handle` once per batc
 
     initialize(context)
         options  <- the `handler:` section of the model-config, parsed into `Options`
+                    (every handler's Options extends RuntimeOptions: backend, compile, ...)
         device   <- CUDA when TorchServe gave this worker a GPU and CUDA is present, else CPU
-        load(model_dir)                         once per worker        (required hook)
+        threads  <- `threads`, or the machine's cores / minWorkers
+        load(model_dir)                         tokenizer and the like    (optional hook)
+        engine   <- network(model_dir) as the options say: eager, int8, compiled,
+                    or the archive's ONNX export (see engines.py)          (required hook)
+        warm-up  <- forward passes at every batch size (and input shape) the worker will
+                    see, from warmup_instances(): READY means warm        (required hook)
     handle(requests, context)
         per request, own try: pick its envelope (native, KServe v1, OIP; see envelopes.py)
             native body      -> decode(payload) -> Decoded            (required hook)
             v1/OIP instances -> decode_instances(values) -> instances (required hook)
         collate(instances of all good requests) one batch              (optional hook)
-        predict(batch) -> Tensor [N, ...]       one forward pass       (required hook)
+        predict(batch) -> Tensor [N, ...]       one pass of the engine (required hook)
         per request, own try: frame the answer in its envelope
             native, v1 -> encode(row) per instance                     (optional hook)
             OIP        -> encode_outputs(rows) -> [OutputTensor]       (optional hook)
@@ -28,15 +34,18 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.decoded import Decoded, join_instances
+from handlers.engines import Engine, build_engine
 from handlers.envelopes import Envelope, open_envelope
 from handlers.errors import (
     HandlerContractError,
@@ -46,8 +55,9 @@ from handlers.errors import (
     RequestError,
 )
 from handlers.metrics import HandlerMetrics
-from handlers.options import NoOptions, parse_options
+from handlers.options import parse_options
 from handlers.payload import Payload
+from handlers.runtime import RuntimeOptions, batch_sizes, set_worker_threads, to_device, worker_threads
 from handlers.tensors import OutputTensor, TensorSpec
 
 __all__ = ["Decoded", "ModelHandler", "pick_device"]
@@ -63,24 +73,40 @@ def pick_device(system_properties: dict[str, Any]) -> torch.device:
 
 
 class ModelHandler(BaseHandler):
-    """Base handler: subclasses implement `load`, `decode`, `predict` (and maybe `collate`, `encode`)."""
+    """Base handler: subclasses implement `network`, `warmup_instances`, `decode`, `predict`, ..."""
 
-    Options: ClassVar[type] = NoOptions
+    Options: ClassVar[type] = RuntimeOptions
     INPUT: ClassVar[TensorSpec | None] = None  # the OIP input tensor; None: no OIP requests
     OUTPUTS: ClassVar[tuple[str, ...]] = ("output",)  # the OIP output names encode_outputs gives
+    # The network's inputs, in order, with their variable axes (for the ONNX export).
+    NETWORK_INPUTS: ClassVar[dict[str, tuple[str, ...]]] = {"input": ("batch",)}
 
     def __init__(self) -> None:
         super().__init__()
         self.options: Any = None
-        self.device = torch.device("cpu")
+        self.device = torch.device("cpu")  # where collate puts the batch
+        self.engine: Engine | None = None
+        self.batch_sizes: list[int] = [1]
         self.metrics = HandlerMetrics(None)
         self._statuses: Counter[int] = Counter()  # this batch's outcomes, for the metrics
         self._errors: Counter[str] = Counter()
 
     # ---- hooks -------------------------------------------------------------------
     def load(self, model_dir: Path) -> None:
-        """Load weights from the extracted archive into this worker (required)."""
+        """Load what decoding needs besides the network, such as a tokenizer (optional)."""
+
+    def network(self, model_dir: Path) -> nn.Module:
+        """The float network on the CPU, weights loaded: input tensors -> one row per instance."""
         raise NotImplementedError
+
+    def warmup_instances(self) -> list[Any]:
+        """One decoded instance per input shape family (one per text length bucket, ...) (required)."""
+        raise NotImplementedError
+
+    def example_batch(self, size: int) -> tuple[torch.Tensor, ...]:
+        """The network's inputs for `size` instances (the ONNX export traces these)."""
+        batch = self.collate([self.warmup_instances()[0]] * size)
+        return (batch,) if isinstance(batch, torch.Tensor) else tuple(batch)
 
     def decode(self, payload: Payload) -> Decoded:
         """Validate one request and turn it into instances; raise a RequestError if bad (required)."""
@@ -93,10 +119,10 @@ class ModelHandler(BaseHandler):
     def collate(self, per_request: Sequence[Any]) -> Any:
         """Join the instances of all good requests into one batch on `self.device`."""
         joined = join_instances(per_request)
-        return joined.to(self.device, non_blocking=True) if isinstance(joined, torch.Tensor) else joined
+        return to_device(joined, self.device) if isinstance(joined, torch.Tensor) else joined
 
     def predict(self, batch: Any) -> torch.Tensor:
-        """One forward pass; returns one output row per instance (required)."""
+        """One forward pass through `self.engine`; one output row per instance (required)."""
         raise NotImplementedError
 
     def encode(self, row: torch.Tensor) -> Any:
@@ -114,15 +140,42 @@ class ModelHandler(BaseHandler):
 
     # ---- TorchServe entry points -----------------------------------------------------
     def initialize(self, context: Any) -> None:
-        """Parse options, pick the device and load the model, once per worker."""
+        """Parse options, pick the device, build the engine and warm it up, once per worker."""
+        started = time.perf_counter()
         self.context = context
         model_config = getattr(context, "model_yaml_config", None) or {}
         self.options = parse_options(self.Options, model_config.get("handler"))
-        self.device = pick_device(context.system_properties)
+        accelerator = pick_device(context.system_properties)
+        # ONNX Runtime takes host arrays and moves them to its device itself.
+        self.device = torch.device("cpu") if self.options.backend == "onnx" else accelerator
         self.metrics = HandlerMetrics(context)
-        self.load(Path(context.system_properties["model_dir"]))
+        threads = worker_threads(self.options.threads, model_config)
+        set_worker_threads(threads)
+        model_dir = Path(context.system_properties["model_dir"])
+        self.load(model_dir)
+        batch_size = int(context.system_properties.get("batch_size") or 1)
+        self.batch_sizes = batch_sizes(batch_size, self.options.buckets)
+        warmup = self.warmup_instances()
+        self.engine = build_engine(self.options, accelerator, lambda: self.network(model_dir), model_dir,
+                                   threads, self.batch_sizes, shapes=len(self.batch_sizes) * len(warmup))
+        if self.options.warmup:
+            self.warm_up(warmup)
         self.initialized = True
-        logger.info("%s loaded on %s", type(self).__name__, self.device)
+        logger.info("%s ready on %s (backend %s) in %.1fs", type(self).__name__, accelerator,
+                    self.options.backend, time.perf_counter() - started)
+
+    def warm_up(self, instances: list[Any]) -> None:
+        """Run every batch size this worker will see with every instance shape, before READY.
+
+        The first pass at a new shape pays for allocations, kernel selection and,
+        with compile, compilation; paying here keeps it out of the first requests.
+        """
+        started = time.perf_counter()
+        for instance in instances:
+            for size in self.batch_sizes:
+                self.forward_batch([instance] * size, size * len(instance))
+        logger.info("warm-up: batch sizes %s x %d input shapes in %.1fs", self.batch_sizes,
+                    len(instances), time.perf_counter() - started)
 
     def handle(self, data: list[Any], context: Any) -> list[Any]:
         """Answer a batch: one response (and one status) per request, in order."""

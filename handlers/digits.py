@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from torch import nn
 
 from handlers.architectures import DIGITS_SIDE, DigitsCNN
 from handlers.base import Decoded, ModelHandler
@@ -25,6 +26,7 @@ from handlers.errors import InvalidInput, RequestError
 from handlers.images import IMAGE_TYPES, PILLOW_MAX_PIXELS, base64_bytes, open_image, to_digit_tensor
 from handlers.options import check_range
 from handlers.payload import Payload
+from handlers.runtime import RuntimeOptions
 from handlers.tensors import OutputTensor, TensorSpec
 from handlers.validation import JSON_TYPES, check_count, require_content_type
 from handlers.weights import load_module
@@ -37,9 +39,10 @@ class DigitsHandler(ModelHandler):
 
     INPUT = TensorSpec("image", frozenset({"BYTES"}))
     OUTPUTS = ("digit", "probabilities")
+    NETWORK_INPUTS = {"image": ("batch",)}
 
     @dataclass(frozen=True)
-    class Options:  # nested: TorchServe wants exactly one class per handler module
+    class Options(RuntimeOptions):  # nested: TorchServe wants exactly one class per handler module
         weights: str = "digits.safetensors"
         # A request decodes at most max_instances x max_pixels pixels: 16 x 2048^2 is about
         # 1.2 s of one core for the worst (transparent PNG) images; raise both with care.
@@ -48,11 +51,17 @@ class DigitsHandler(ModelHandler):
         ink: Literal["auto", "light", "dark"] = "auto"
 
         def __post_init__(self) -> None:
+            super().__post_init__()
             check_range("max_pixels", self.max_pixels, 1, PILLOW_MAX_PIXELS)
             check_range("max_instances", self.max_instances, 1)
 
-    def load(self, model_dir: Path) -> None:
-        self.model = load_module(DigitsCNN(), model_dir / self.options.weights, self.device)
+    def network(self, model_dir: Path) -> nn.Module:
+        cnn = load_module(DigitsCNN(), model_dir / self.options.weights, torch.device("cpu"),
+                          mmap=self.options.mmap_weights)
+        return nn.Sequential(cnn, nn.Softmax(dim=1))
+
+    def warmup_instances(self) -> list[torch.Tensor]:
+        return [torch.zeros(1, 1, DIGITS_SIDE, DIGITS_SIDE)]
 
     def decode(self, payload: Payload) -> Decoded:
         if payload.parsed or payload.content_type in _JSON_TYPES:
@@ -70,7 +79,7 @@ class DigitsHandler(ModelHandler):
         ])
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(batch), dim=1)
+        return self.engine(batch)
 
     def encode(self, row: torch.Tensor) -> Any:
         return {"digit": int(row.argmax()), "probabilities": row.tolist()}

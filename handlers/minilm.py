@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
+from handlers.architectures import MeanPooledEncoder
 from handlers.base import Decoded, ModelHandler
 from handlers.errors import InvalidInput, PayloadTooLarge
 from handlers.options import OptionsError, check_range
 from handlers.payload import Payload
+from handlers.runtime import RuntimeOptions, length_buckets, to_device
 from handlers.tensors import OutputTensor, TensorSpec
 from handlers.validation import JSON_TYPES, check_count, require_content_type
 from handlers.weights import load_module
@@ -36,13 +38,17 @@ class MiniLMHandler(ModelHandler):
     third of it for our mixed-length benchmark texts). With `length_buckets` the
     batch's texts are sorted by token count and run in chunks whose padding stays
     within `max_padding` of their real tokens; the rows go back in request order.
+    With static shapes (or compile), each chunk is padded up to a length bucket
+    (16, 32, 64, ... max_length tokens).
     """
 
     INPUT = TensorSpec("text", frozenset({"BYTES"}))
     OUTPUTS = ("embedding",)
+    NETWORK_INPUTS = {name: ("batch", "sequence")
+                      for name in ("input_ids", "attention_mask", "token_type_ids")}
 
     @dataclass(frozen=True)
-    class Options:  # nested: TorchServe wants exactly one class per handler module
+    class Options(RuntimeOptions):  # nested: TorchServe wants exactly one class per handler module
         weights: str = "model.safetensors"
         model_config: str = "config.json"
         tokenizer: str = "tokenizer.json"
@@ -53,6 +59,7 @@ class MiniLMHandler(ModelHandler):
         max_padding: float = 0.25  # padded tokens / real tokens - 1, per chunk
 
         def __post_init__(self) -> None:
+            super().__post_init__()
             # BERT's position table has 512 entries: longer inputs would fail the whole batch.
             check_range("max_length", self.max_length, 2, 512)
             check_range("max_instances", self.max_instances, 1)
@@ -61,20 +68,33 @@ class MiniLMHandler(ModelHandler):
                 raise OptionsError("max_padding", f"must be between 0 and 10, got {self.max_padding}")
 
     def load(self, model_dir: Path) -> None:
-        from tokenizers import Tokenizer  # imported here: only this handler needs them
-        from transformers import BertConfig, BertModel
+        from tokenizers import Tokenizer  # imported here: only this handler needs it
 
-        config = BertConfig.from_json_file(str(model_dir / self.options.model_config))
-        # Checkpoints saved by transformers 4.x keep position_ids, a buffer newer versions rebuild.
-        self.model = load_module(
-            BertModel(config), model_dir / self.options.weights, self.device,
-            ignore=("embeddings.position_ids",),
-        )
         tokenizer = Tokenizer.from_file(str(model_dir / self.options.tokenizer))
         tokenizer.enable_truncation(max_length=self.options.max_length)
         tokenizer.no_padding()  # padded per chunk in _pad
         self.tokenizer = tokenizer
-        self.pad_id = config.pad_token_id or 0
+        self.pad_id = tokenizer.token_to_id("[PAD]") or 0
+        self.lengths = length_buckets(self.options.max_length)
+
+    def network(self, model_dir: Path) -> nn.Module:
+        from transformers import BertConfig, BertModel
+
+        config = BertConfig.from_json_file(str(model_dir / self.options.model_config))
+        # The pooler is never used (we mean-pool); transformers 4.x checkpoints keep
+        # position_ids, a buffer newer versions rebuild.
+        bert = load_module(BertModel(config, add_pooling_layer=False), model_dir / self.options.weights,
+                           torch.device("cpu"), mmap=self.options.mmap_weights,
+                           ignore=("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias"))
+        return MeanPooledEncoder(bert).eval()
+
+    def warmup_instances(self) -> list[list[str]]:
+        """One text per length bucket: with static shapes these are exactly the lengths served."""
+        return [[" ".join(["the"] * (length - 2))] for length in self.lengths]
+
+    def example_batch(self, size: int) -> tuple[torch.Tensor, ...]:
+        chunk = self._pad(self.tokenizer.encode_batch(["the quick brown fox"] * size))
+        return tuple(chunk[name] for name in self.NETWORK_INPUTS)
 
     def decode(self, payload: Payload) -> Decoded:
         require_content_type(payload, _TEXT_TYPES, 'application/json {"text": ...} or text/plain')
@@ -116,20 +136,19 @@ class MiniLMHandler(ModelHandler):
         return rows
 
     def _embed(self, chunk: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = self.model(**chunk).last_hidden_state
-        mask = chunk["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        return F.normalize(pooled, p=2, dim=1)
+        return self.engine(chunk["input_ids"], chunk["attention_mask"], chunk["token_type_ids"])
 
     def _pad(self, encodings: list[Any]) -> dict[str, torch.Tensor]:
         width = max(len(encoding.ids) for encoding in encodings)
+        if self.options.buckets:
+            width = next(length for length in self.lengths if length >= width)
         columns: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "token_type_ids": []}
         for encoding in encodings:
             padding = [0] * (width - len(encoding.ids))
             columns["input_ids"].append(encoding.ids + [self.pad_id] * len(padding))
             columns["attention_mask"].append(encoding.attention_mask + padding)
             columns["token_type_ids"].append(encoding.type_ids + padding)
-        return {name: torch.tensor(values, dtype=torch.long).to(self.device, non_blocking=True)
+        return {name: to_device(torch.tensor(values, dtype=torch.long), self.device)
                 for name, values in columns.items()}
 
     def encode(self, row: torch.Tensor) -> Any:

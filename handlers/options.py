@@ -23,11 +23,6 @@ class OptionsError(ValueError):
         self.key = key
 
 
-@dataclasses.dataclass(frozen=True)
-class NoOptions:
-    """For handlers that take no options."""
-
-
 def parse_options(options_type: type[T], raw: Mapping[str, Any] | None) -> T:
     """Build `options_type` from `raw`, rejecting unknown keys and wrong types."""
     raw = raw or {}

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from handlers.architectures import TABULAR_CLASSES, TABULAR_FEATURES, TabularMLP
 from handlers.base import Decoded, ModelHandler
 from handlers.errors import InvalidInput
 from handlers.options import OptionsError, check_range
 from handlers.payload import Payload
+from handlers.runtime import RuntimeOptions
 from handlers.tensors import NUMBER_TYPES, OutputTensor, TensorSpec
 from handlers.validation import JSON_TYPES, float_matrix, float_rows, require_content_type
 from handlers.weights import load_module
@@ -33,20 +35,27 @@ class TabularHandler(ModelHandler):
 
     INPUT = TensorSpec("features", NUMBER_TYPES, (TABULAR_FEATURES,))
     OUTPUTS = ("label", "class_index", "probabilities")
+    NETWORK_INPUTS = {"features": ("batch",)}
 
     @dataclass(frozen=True)
-    class Options:  # nested: TorchServe wants exactly one class per handler module
+    class Options(RuntimeOptions):  # nested: TorchServe wants exactly one class per handler module
         weights: str = "tabular.safetensors"
         class_names: tuple[str, ...] = ("malignant", "benign")
         max_instances: int = 256
 
         def __post_init__(self) -> None:
+            super().__post_init__()
             check_range("max_instances", self.max_instances, 1)
             if len(self.class_names) != TABULAR_CLASSES:
                 raise OptionsError("class_names", f"needs {TABULAR_CLASSES} names, one per class")
 
-    def load(self, model_dir: Path) -> None:
-        self.model = load_module(TabularMLP(), model_dir / self.options.weights, self.device)
+    def network(self, model_dir: Path) -> nn.Module:
+        mlp = load_module(TabularMLP(), model_dir / self.options.weights, torch.device("cpu"),
+                          mmap=self.options.mmap_weights)
+        return nn.Sequential(mlp, nn.Softmax(dim=1))
+
+    def warmup_instances(self) -> list[torch.Tensor]:
+        return [torch.zeros(1, TABULAR_FEATURES)]
 
     def decode(self, payload: Payload) -> Decoded:
         require_content_type(payload, JSON_TYPES, "application/json")
@@ -68,7 +77,7 @@ class TabularHandler(ModelHandler):
         return float_matrix(rows, TABULAR_FEATURES, names)
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(batch), dim=1)
+        return self.engine(batch)
 
     def encode(self, row: torch.Tensor) -> Any:
         probabilities = row.tolist()

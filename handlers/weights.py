@@ -1,7 +1,16 @@
-"""Safe weight loading: safetensors only, so loading never unpickles code."""
+"""Safe weight loading: safetensors only, so loading never unpickles code.
+
+With `mmap=True` the tensors are views of one read-only mapping of the file, and
+the module's parameters become those views (`load_state_dict(assign=True)`): every
+worker of a model maps the same extracted archive file, so the machine holds one
+physical copy of the weights however many workers there are. (safetensors' own
+`load_file` copies every tensor into private memory: one copy per worker.)
+"""
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 from typing import TypeVar
 
@@ -9,25 +18,56 @@ import torch
 from safetensors.torch import load_file
 
 M = TypeVar("M", bound=torch.nn.Module)
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+           "U8": torch.uint8, "BOOL": torch.bool}
 
 
-def load_module(module: M, path: Path, device: torch.device, ignore: tuple[str, ...] = ()) -> M:
+def load_module(module: M, path: Path, device: torch.device, ignore: tuple[str, ...] = (),
+                mmap: bool = False) -> M:
     """Fill `module` from a safetensors file and return it on `device`, in eval mode."""
-    load_state_dict_into(module, path, device, ignore)
+    load_state_dict_into(module, path, device, ignore, mmap)
     return module.to(device).eval()
 
 
 def load_state_dict_into(
-    module: torch.nn.Module, path: Path, device: torch.device, ignore: tuple[str, ...] = ()
+    module: torch.nn.Module, path: Path, device: torch.device, ignore: tuple[str, ...] = (),
+    mmap: bool = False,
 ) -> None:
     """Fill `module` from a safetensors file, strictly (a missing or extra key is an error).
 
     `ignore` names saved keys the module no longer keeps, such as buffers that a
-    newer library version made non-persistent.
+    newer library version made non-persistent. `mmap` (CPU only) shares the file's pages.
     """
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} is not in the model archive")
-    state = load_file(str(path), device=str(device))
+    if mmap and device.type == "cpu":
+        state = mapped_safetensors(path)
+    else:
+        state = load_file(str(path), device=str(device))
     for key in ignore:
         state.pop(key, None)
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=True, assign=mmap and device.type == "cpu")
+
+
+def mapped_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file as a view of one copy-on-write mapping of it.
+
+    The format: 8 bytes little-endian header length, a JSON header giving each
+    tensor's dtype, shape and byte range after the header, then the bytes.
+    """
+    with path.open("rb") as stream:
+        (header_length,) = struct.unpack("<Q", stream.read(8))
+        header = json.loads(stream.read(header_length))
+    size = path.stat().st_size
+    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
+    data = torch.tensor([], dtype=torch.uint8).set_(storage)
+    start = 8 + header_length
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = entry["data_offsets"]
+        raw = data[start + begin:start + end]
+        tensors[name] = raw.view(_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+    return tensors

@@ -22,6 +22,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from handlers.architectures import DIGITS_SIDE
 from handlers.base import ModelHandler, pick_device
 from handlers.digits import DigitsHandler
+from handlers.engines import TorchEngine
 from handlers.images import to_digit_tensor
 from handlers.minilm import MiniLMHandler
 from handlers.options import parse_options
@@ -34,11 +35,12 @@ MODELS: dict[str, type[ModelHandler]] = {
 
 def load_model(kind: str, model_dir: Path, model_config: dict[str, Any],
                device: torch.device) -> ModelHandler:
-    """Our handler for `kind`, with its weights loaded, used only for load/collate/predict/encode."""
+    """Our handler for `kind` with its eager network, used only for load/collate/predict/encode."""
     model = MODELS[kind]()
     model.options = parse_options(model.Options, model_config.get("handler"))
     model.device = device
     model.load(model_dir)
+    model.engine = TorchEngine(model.network(model_dir).to(device).eval(), device)
     return model
 
 

@@ -1,0 +1,111 @@
+"""The speed switches every handler shares: the runtime part of a `handler:` section.
+
+Every handler's `Options` subclasses `RuntimeOptions`, so these keys work in any
+model YAML (docs/PERFORMANCE.md measures each one):
+
+    backend: torch          # or onnx: run an ONNX Runtime session exported at archive time
+    warmup: true            # forward passes at every batch size inside initialize(): READY means warm
+    static_shapes: false    # pad batches to 1, 2, 4, ... (and text to length buckets); on with compile
+    compile: false          # torch.compile (inductor), one graph per bucket, compiled during warm-up
+    compile_mode: default   # reduce-overhead uses CUDA graphs on a GPU
+    compile_cache_dir: ""   # inductor's cache (TORCHINDUCTOR_CACHE_DIR); restarts reuse compiled code
+    quantize: none          # int8: dynamic int8 Linear layers (CPU), gated at archive time
+    quantize_skip: []       # module-name patterns kept in float (the layers int8 hurts most)
+    max_quantization_loss: 0.01   # the archive gate: accuracy points, or 1 - mean cosine
+    mmap_weights: true      # weights mapped from the archive's file: workers share one copy
+    threads: 0              # torch/ONNX Runtime threads; 0: this machine's cores / minWorkers
+    precision: fp32         # fp16 / bf16: autocast around the forward pass
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from handlers.options import OptionsError, check_range
+
+logger = logging.getLogger(__name__)
+LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512)  # token counts text is padded to with static shapes
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How the forward pass runs; the base of every handler's Options."""
+
+    backend: Literal["torch", "onnx"] = "torch"
+    onnx_file: str = "model.onnx"  # written by the archive step when backend is onnx
+    warmup: bool = True
+    static_shapes: bool = False
+    compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune",
+                          "max-autotune-no-cudagraphs"] = "default"
+    compile_cache_dir: str = ""
+    quantize: Literal["none", "int8"] = "none"
+    quantize_skip: tuple[str, ...] = ()
+    max_quantization_loss: float = 0.01
+    mmap_weights: bool = True
+    threads: int = 0
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+
+    def __post_init__(self) -> None:
+        check_range("threads", self.threads, 0)
+        if not 0 <= self.max_quantization_loss <= 1:
+            raise OptionsError("max_quantization_loss",
+                               f"must be between 0 and 1, got {self.max_quantization_loss}")
+        if self.backend == "onnx" and (self.compile or self.quantize != "none" or self.precision != "fp32"):
+            raise OptionsError("backend", "compile, quantize and precision apply to the torch backend; "
+                                          "with backend: onnx leave them at their defaults")
+        if self.compile_cache_dir and not self.compile:
+            raise OptionsError("compile_cache_dir", "only means something with compile: true")
+
+    @property
+    def buckets(self) -> bool:
+        """Whether batches (and texts) are padded to a few fixed shapes."""
+        return self.static_shapes or self.compile
+
+
+def batch_sizes(batch_size: int, buckets: bool) -> list[int]:
+    """The batch sizes a handler sees: powers of two up to batchSize with buckets, else 1..batchSize."""
+    if not buckets:
+        return list(range(1, batch_size + 1))
+    sizes = [1]
+    while sizes[-1] < batch_size:
+        sizes.append(sizes[-1] * 2)
+    return sizes
+
+
+def length_buckets(max_length: int) -> list[int]:
+    """Token counts text is padded to with static shapes; the last is max_length itself."""
+    return [length for length in LENGTH_BUCKETS if length < max_length] + [max_length]
+
+
+def worker_threads(requested: int, model_config: Mapping[str, Any]) -> int:
+    """`requested`, or this machine's cores shared by the model's minWorkers (at least one each)."""
+    if requested:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // int(model_config.get("minWorkers", 1) or 1))
+
+
+def set_worker_threads(threads: int) -> None:
+    """Set torch's intra-op threads once per worker; inter-op stays as torch started it."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    logger.info("torch intra-op threads: %d", threads)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a host tensor to `device`; to a GPU through pinned memory, without waiting for the copy."""
+    if device.type != "cuda" or tensor.device == device:
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype `precision` names; None for fp32 (no autocast)."""
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]

@@ -68,13 +68,13 @@ class MeanPooledEncoder(nn.Module):
     one unit-length embedding per text. Padding tokens (mask 0) do not count.
     """
 
-    def __init__(self, encoder: nn.Module) -> None:
+    def __init__(self, bert: nn.Module) -> None:
         super().__init__()
-        self.encoder = encoder
+        self.bert = bert
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
                               token_type_ids=token_type_ids).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)

@@ -22,6 +22,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from handlers.options import OptionsError
 from handlers.runtime import RuntimeOptions, autocast_dtype
 
 logger = logging.getLogger(__name__)
@@ -102,17 +103,21 @@ def quantize_int8(module: nn.Module, skip: Sequence[str] = ()) -> nn.Module:
     torch.ao's quantize_dynamic (deprecated in favour of torchao, but still in
     torch and with fast fbgemm kernels on x86) needs no extra package; it runs on the CPU only.
     """
-    names = [name for name, layer in module.named_modules() if isinstance(layer, nn.Linear)
-             and not any(fnmatch.fnmatchcase(name, pattern) for pattern in skip)]
+    linear = [name for name, layer in module.named_modules() if isinstance(layer, nn.Linear)]
+    for pattern in skip:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in linear):
+            raise OptionsError("quantize_skip", f"{pattern!r} matches no Linear layer; they are named "
+                                                f"like {linear[0]!r} ... {linear[-1]!r}")
+    names = [name for name in linear if not any(fnmatch.fnmatchcase(name, pattern) for pattern in skip)]
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)  # quantized tensor creation is deprecated too
         quantized = quantize_dynamic(module, {name: per_channel_dynamic_qconfig for name in names},
                                      dtype=torch.qint8)
-    logger.info("int8: %d Linear layers quantized, %d kept in float", len(names),
-                sum(isinstance(layer, nn.Linear) for layer in quantized.modules()))
+    logger.info("int8: %d Linear layers quantized, %d kept in float", len(names), len(linear) - len(names))
     return quantized
 
 

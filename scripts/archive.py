@@ -7,6 +7,9 @@ one line naming the file, the key and the fix. Each archive is built in a privat
 staging folder (its own TMPDIR, since torch-model-archiver stages in
 $TMPDIR/<model-name>) and moved into place in one rename, so model_store/ never
 holds half an archive. An archive whose inputs have not changed is not rebuilt.
+With `backend: onnx` or `quantize: int8` the staged model is exported and/or
+checked on held-out data first (scripts/optimize.py); a failed check is a config
+error (exit 2) and no archive is written.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from scripts.model_config import ConfigError, ModelSpec, load_spec
+from scripts.optimize import prepare
 
 logger = logging.getLogger(__name__)
 HANDLERS_PACKAGE = Path("handlers")
@@ -67,6 +71,7 @@ def build_archive(spec: ModelSpec, store: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix=f".staging-{spec.name}-", dir=store) as tmp:
         staging = Path(tmp)
         extra, model_config = stage(spec, staging)
+        prepare(spec, extra)  # ONNX export, int8 gate: raises ConfigError before anything is written
         (staging / "out").mkdir()
         (staging / "tmp").mkdir()
         command = [
@@ -119,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("%s: archiving %s ...", prefix, spec.source)
         try:
             build_archive(spec, args.store)
+        except ConfigError as error:  # a gate refused the archive; nothing was written
+            logger.error("error: %s", error)
+            return 2
         except (RuntimeError, OSError) as error:
             logger.error("error: %s", error)
             return 1

@@ -2,6 +2,7 @@
 
     python -m scripts.bench --model minilm [--concurrency 1 8 32] [--duration 15] [--quick]
         [--variants ours unbatched plain fastapi limit] [--out results/bench]
+        [--options backend=torch backend=torch,quantize=int8 compile=true ...]
 
 Variants:
   ours       our handler in TorchServe, with the model YAML's batch settings
@@ -10,6 +11,9 @@ Variants:
   fastapi    one FastAPI + uvicorn process calling the model per request
   limit      the model called in-process at the YAML's batchSize: no HTTP, no queue
              (instances per second; the ceiling the HTTP variants can approach)
+  --options  one more "ours" per argument, archived with those handler options changed
+             (comma-separated key=value, values read as YAML), measured like ours and
+             with its own in-process limit: the before/after of one option, in one run
 
 For each HTTP variant and concurrency: a warm-up, then locust for --duration
 seconds. Output in --out/MODEL/: report.md (the table), results.json (every
@@ -35,6 +39,7 @@ from typing import Any
 
 import requests
 import torch
+import yaml
 
 from handlers.payload import Payload
 from scripts.archive import build_archive
@@ -58,11 +63,31 @@ class Settings:
     rounds: int
     variants: tuple[str, ...]
     out: Path
+    options: tuple[str, ...] = ()  # extra "ours" variants: handler option overrides, "k=v,k=v"
 
 
-def limit_throughput(spec: ModelSpec, load: Workload, seconds: float, batch_size: int) -> dict[str, float]:
+def option_overrides(text: str) -> dict[str, Any]:
+    """`backend=torch,quantize=int8` -> {"backend": "torch", "quantize": "int8"} (values as YAML)."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item]
+    if not pairs or any(len(pair) != 2 or not pair[0] for pair in pairs):
+        raise ValueError(f"--options {text!r}: expected key=value[,key=value...]")
+    return {key.strip(): yaml.safe_load(value) for key, value in pairs}
+
+
+def option_specs(spec: ModelSpec, options: tuple[str, ...]) -> dict[str, ModelSpec]:
+    """One spec per --options argument: the model renamed, its handler options overridden."""
+    specs = {}
+    for number, text in enumerate(options, start=1):
+        config = dict(spec.model_config)
+        config["handler"] = {**config.get("handler", {}), **option_overrides(text)}
+        specs[f"ours+{text}"] = dataclasses.replace(spec, name=f"{spec.name}_opt{number}",
+                                                    model_config=config)
+    return specs
+
+
+def limit_throughput(archive: Path, load: Workload, seconds: float, batch_size: int) -> dict[str, float]:
     """Instances per second of collate + predict on decoded inputs, batch_size at a time, in-process."""
-    with LocalModel.from_config(spec.source) as local:
+    with LocalModel.from_mar(archive) as local:
         handler = local.handler
         decoded = [handler.decode(Payload.of(0, "body", body, load.content_type, {})).instances
                    for body in load.bodies]
@@ -82,21 +107,28 @@ def limit_throughput(spec: ModelSpec, load: Workload, seconds: float, batch_size
             "instances_per_second": done / elapsed, "batch_p50_ms": 1000 * timings[len(timings) // 2]}
 
 
-@contextmanager
-def torchserve(settings: Settings, spec: ModelSpec,
-               workdir: Path) -> Iterator[tuple[LocalServer, dict[str, str]]]:
-    """One TorchServe serving every TorchServe variant wanted; yields it and variant -> model name."""
-    store = workdir / "store"
-    names = {"ours": spec.name}
+def build_archives(settings: Settings, spec: ModelSpec, store: Path) -> dict[str, Path]:
+    """The archive of every TorchServe variant wanted (ours, each --options one, plain)."""
     print(f"==> building archives for {spec.name} in {store}", flush=True)
-    build_archive(spec, store)
+    specs = {"ours": spec, **option_specs(spec, settings.options)}
     if "plain" in settings.variants:
-        plain = dataclasses.replace(
+        specs["plain"] = dataclasses.replace(
             spec, name=f"{spec.name}_plain", handler=Path("scripts/baselines/plain_handler.py"),
             model_config={**spec.model_config, "plain": {"model": settings.model}})
-        build_archive(plain, store)
-        names["plain"] = plain.name
+    archives = {}
+    for variant, variant_spec in specs.items():
+        print(f"    {variant}: {variant_spec.name}.mar", flush=True)
+        archives[variant] = build_archive(variant_spec, store)
+    return archives
+
+
+@contextmanager
+def torchserve(settings: Settings, spec: ModelSpec, archives: dict[str, Path],
+               workdir: Path) -> Iterator[tuple[LocalServer, dict[str, str]]]:
+    """One TorchServe serving every TorchServe variant wanted; yields it and variant -> model name."""
+    names = {variant: archive.stem for variant, archive in archives.items()}
     print("==> starting TorchServe", flush=True)
+    store = next(iter(archives.values())).parent
     with LocalServer.start(workdir / "server", store, list(names.values())) as server:
         if "unbatched" in settings.variants:
             names["unbatched"] = f"{spec.name}_unbatched"
@@ -187,18 +219,12 @@ def run(settings: Settings) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"bench-{settings.model}-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
         bodies = load.write(workdir / "bodies.json")
+        archives = build_archives(settings, spec, workdir / "store")
         if "limit" in settings.variants:
-            print("==> in-process limit", flush=True)
-            batch_size = int(spec.model_config.get("batchSize", 1))
-            limit = limit_throughput(spec, load, max(settings.duration, 3), batch_size)
-            limit["unbatched_instances_per_second"] = limit_throughput(
-                spec, load, max(settings.duration / 2, 2), 1)["instances_per_second"]
-            print(f"    limit      {limit['instances_per_second']:8.1f} instances/s at batch "
-                  f"{limit['batch_size']}, {limit['unbatched_instances_per_second']:.1f} at batch 1 "
-                  f"({limit['threads']} threads)", flush=True)
+            limit = limits(settings, spec, load, {k: v for k, v in archives.items() if k != "plain"})
         endpoints: dict[str, Endpoint] = {}
         if any(v in settings.variants for v in ("ours", "unbatched", "plain")):
-            server, names = stack.enter_context(torchserve(settings, spec, workdir))
+            server, names = stack.enter_context(torchserve(settings, spec, archives, workdir))
             for variant, name in names.items():
                 endpoints[variant] = Endpoint(variant, server.inference_url, f"/predictions/{name}",
                                               server.metrics_url, name if variant != "plain" else None)
@@ -206,14 +232,38 @@ def run(settings: Settings) -> dict[str, Any]:
             print("==> starting the FastAPI app", flush=True)
             url = stack.enter_context(fastapi_app(settings.model, workdir))
             endpoints["fastapi"] = Endpoint("fastapi", url, f"/predictions/{settings.model}", None, None)
-        ordered = [endpoints[variant] for variant in settings.variants if variant in endpoints]
+        options = [variant for variant in endpoints if variant.startswith("ours+")]
+        wanted = [*(v for v in settings.variants if v == "ours"), *options,
+                  *(v for v in settings.variants if v != "ours")]
+        ordered = [endpoints[variant] for variant in wanted if variant in endpoints]
         rows = measure_all(settings, ordered, bodies, workdir) if ordered else []
     return {"model": settings.model, "config": dict(spec.model_config), "cpu_count": os.cpu_count(),
             "duration_s": settings.duration, "rounds": settings.rounds, "limit": limit, "runs": rows,
             "ratios": ratios(rows, limit)}
 
 
-def ratios(rows: list[dict[str, Any]], limit: dict[str, float] | None) -> dict[str, float]:
+def limits(settings: Settings, spec: ModelSpec, load: Workload, archives: dict[str, Path]) -> dict[str, Any]:
+    """The in-process limit of ours at batchSize and at 1, and of each --options archive at batchSize."""
+    print("==> in-process limit", flush=True)
+    batch_size = int(spec.model_config.get("batchSize", 1))
+    seconds = max(settings.duration, 3)
+    limit: dict[str, Any] = limit_throughput(archives["ours"], load, seconds, batch_size)
+    limit["unbatched_instances_per_second"] = limit_throughput(
+        archives["ours"], load, max(settings.duration / 2, 2), 1)["instances_per_second"]
+    print(f"    limit      {limit['instances_per_second']:8.1f} instances/s at batch "
+          f"{limit['batch_size']}, {limit['unbatched_instances_per_second']:.1f} at batch 1 "
+          f"({limit['threads']} threads)", flush=True)
+    limit["options"] = {}
+    for variant, archive in archives.items():
+        if variant.startswith("ours+"):
+            found = limit_throughput(archive, load, seconds, batch_size)
+            limit["options"][variant] = found
+            print(f"    limit {variant}: {found['instances_per_second']:8.1f} instances/s at batch "
+                  f"{batch_size} ({found['batch_p50_ms']:.1f} ms per batch)", flush=True)
+    return limit
+
+
+def ratios(rows: list[dict[str, Any]], limit: dict[str, Any] | None) -> dict[str, float]:
     """The figures the targets and the regression check use, at the highest concurrency measured."""
     top = max((row["concurrency"] for row in rows), default=0)
     at_top = {row["variant"]: row["throughput"] for row in rows if row["concurrency"] == top}
@@ -223,6 +273,12 @@ def ratios(rows: list[dict[str, Any]], limit: dict[str, float] | None) -> dict[s
     for other in ("unbatched", "plain", "fastapi"):
         if "ours" in at_top and at_top.get(other):
             found[f"ours_over_{other}"] = at_top["ours"] / at_top[other]
+    for variant in at_top:
+        if variant.startswith("ours+") and at_top.get("ours"):
+            found[f"{variant}_over_ours"] = at_top[variant] / at_top["ours"]
+    for variant, option_limit in (limit or {}).get("options", {}).items():
+        found[f"limit {variant}_over_ours"] = (option_limit["instances_per_second"]
+                                               / limit["instances_per_second"])  # type: ignore[index]
     return found
 
 
@@ -244,6 +300,10 @@ def write_report(report: dict[str, Any], out: Path) -> Path:
                      f"{limit['batch_p50_ms']:.1f} per batch | | | | | |")
         lines.append(f"| limit, in-process, batch 1 | - | {limit['unbatched_instances_per_second']:.1f} "
                      f"instances/s | | | | | | |")
+        for variant, found in limit.get("options", {}).items():
+            lines.append(f"| limit {variant}, batch {found['batch_size']} | - | "
+                         f"{found['instances_per_second']:.1f} instances/s | "
+                         f"{found['batch_p50_ms']:.1f} per batch | | | | | |")
     lines += ["", *(f"- {name}: {value:.2f}" for name, value in report["ratios"].items())]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     _plot(report, out)
@@ -284,7 +344,14 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=list(ALL_VARIANTS))
     parser.add_argument("--quick", action="store_true", help="one concurrency, short runs: under 2 minutes")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
+    parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="one more 'ours' variant per argument, with these handler options")
     args = parser.parse_args(argv)
+    for text in args.options:
+        try:
+            option_overrides(text)
+        except ValueError as error:
+            parser.error(str(error))
     return Settings(
         model=args.model,
         concurrency=tuple(args.concurrency or ((32,) if args.quick else (1, 8, 32))),
@@ -294,6 +361,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         rounds=args.rounds or (2 if args.quick else 3),
         variants=tuple(args.variants),
         out=args.out / args.model,
+        options=tuple(args.options),
     )
 
 

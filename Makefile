@@ -12,8 +12,12 @@ MODEL_CONFIGS := $(wildcard configs/models/*.yaml)
 TS_CONFIG     ?= configs/local.properties
 MODEL         ?= minilm
 P99_MS        ?= 250
+# `make bench-options`: each a handler-option variant measured beside the YAML's own settings.
+OPTIONS       ?= backend=torch backend=onnx backend=torch,quantize=int8 backend=torch,compile=true \
+                 backend=torch,static_shapes=true
 
-.PHONY: help install java models archive serve stop test test-unit test-e2e lint clean bench tune bench-check
+.PHONY: help install java models archive serve stop test test-unit test-e2e lint clean bench tune bench-check \
+        bench-options coldstart memory
 
 help:
 	@echo "make serve   install, build the example models and archives, start TorchServe"
@@ -22,6 +26,9 @@ help:
 	@echo "make bench MODEL=minilm [BENCH_ARGS=--quick]   benchmark one model (results/bench/)"
 	@echo "make tune MODEL=minilm P99_MS=250              sweep batch settings, recommend one"
 	@echo "make bench-check                               quick run vs configs/bench-baseline.json"
+	@echo "make bench-options MODEL=minilm [OPTIONS=...]  each speed option beside the YAML's settings"
+	@echo "make coldstart                                 first request after READY, warm-up on/off"
+	@echo "make memory MODEL=minilm                       RSS/PSS of 1, 2, 4 workers, mmap on/off"
 	@echo "make archive / make models / make lint / make clean"
 
 install: $(VENV)/.installed
@@ -65,6 +72,16 @@ tune: models
 
 bench-check: models
 	$(PY) -m scripts.bench_check
+
+bench-options: models
+	$(PY) -m scripts.bench --model $(MODEL) --variants ours limit --concurrency 32 --options $(OPTIONS) \
+		--out results/options $(BENCH_ARGS)
+
+coldstart: models
+	$(PY) -m scripts.coldstart
+
+memory: models
+	$(PY) -m scripts.memory --model $(MODEL)
 
 lint: install
 	$(PY) -m ruff check handlers scripts tests

@@ -39,7 +39,6 @@ from typing import Any
 
 import requests
 import torch
-import yaml
 
 from handlers.payload import Payload
 from scripts.archive import build_archive
@@ -47,6 +46,7 @@ from scripts.harness import LocalModel
 from scripts.loadgen import LoadResult, Workload, run_load, workload
 from scripts.local_server import LocalServer, free_port, wait_until_answering
 from scripts.model_config import CONFIG_DIR, ModelSpec, load_spec
+from scripts.variants import option_overrides, option_specs
 
 logger = logging.getLogger(__name__)
 HTTP_VARIANTS = ("ours", "unbatched", "plain", "fastapi")
@@ -64,25 +64,6 @@ class Settings:
     variants: tuple[str, ...]
     out: Path
     options: tuple[str, ...] = ()  # extra "ours" variants: handler option overrides, "k=v,k=v"
-
-
-def option_overrides(text: str) -> dict[str, Any]:
-    """`backend=torch,quantize=int8` -> {"backend": "torch", "quantize": "int8"} (values as YAML)."""
-    pairs = [item.split("=", 1) for item in text.split(",") if item]
-    if not pairs or any(len(pair) != 2 or not pair[0] for pair in pairs):
-        raise ValueError(f"--options {text!r}: expected key=value[,key=value...]")
-    return {key.strip(): yaml.safe_load(value) for key, value in pairs}
-
-
-def option_specs(spec: ModelSpec, options: tuple[str, ...]) -> dict[str, ModelSpec]:
-    """One spec per --options argument: the model renamed, its handler options overridden."""
-    specs = {}
-    for number, text in enumerate(options, start=1):
-        config = dict(spec.model_config)
-        config["handler"] = {**config.get("handler", {}), **option_overrides(text)}
-        specs[f"ours+{text}"] = dataclasses.replace(spec, name=f"{spec.name}_opt{number}",
-                                                    model_config=config)
-    return specs
 
 
 def limit_throughput(archive: Path, load: Workload, seconds: float, batch_size: int) -> dict[str, float]:

@@ -51,6 +51,9 @@ class OnnxEngine:
     def __init__(self, path: Path, device: torch.device, threads: int) -> None:
         import onnxruntime as ort  # only workers with backend: onnx need it
 
+        if not path.is_file():
+            raise FileNotFoundError(f"{path.name} is not in the model archive; backend: onnx needs the "
+                                    "export that `make archive` (scripts/archive.py) writes")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,3 +87,15 @@ def test_minilm_matches_sentence_transformers(server: Server) -> None:
         np.linalg.norm(ours, axis=1) * np.linalg.norm(reference, axis=1))
     FIGURES["minilm cosine to sentence-transformers (min)"] = f"{cosines.min():.6f}"
     assert cosines.min() >= 0.9999
+
+
+def test_every_worker_warmed_up_at_every_batch_size_before_ready(server: Server) -> None:
+    """READY means warm: each worker logged its warm-up over 1..batchSize before initialize returned."""
+    log = (server.workdir / "logs" / "model_log.log").read_text()
+    for model in MODELS:
+        config = yaml.safe_load(Path(f"configs/models/{model}.yaml").read_text())["model_config"]
+        sizes = re.escape(str(list(range(1, config["batchSize"] + 1))))
+        pattern = re.compile(rf"W-\d+-{model}_\S* .*warm-up: batch sizes {sizes} x (\d+) input")
+        found = pattern.search(log)
+        assert found, f"no warm-up line for {model} over batch sizes 1..{config['batchSize']}"
+        assert int(found[1]) >= 1

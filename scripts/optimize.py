@@ -60,6 +60,9 @@ class Comparison:
 
 def prepare(spec: ModelSpec, staged: Path) -> dict[str, Any]:
     """Write what the options need into `staged` and check it; raise ConfigError when a gate fails."""
+    raw = spec.model_config.get("handler") or {}
+    if raw.get("backend", "torch") != "onnx" and raw.get("quantize", "none") != "int8":
+        return {}  # nothing to derive (and baseline archives whose handler is not a ModelHandler)
     handler_type = handler_class(spec.handler)
     options = parse_options(handler_type.Options, spec.model_config.get("handler"))
     report: dict[str, Any] = {}

@@ -17,7 +17,7 @@ OPTIONS       ?= backend=torch backend=onnx backend=torch,quantize=int8 backend=
                  backend=torch,static_shapes=true
 
 .PHONY: help install java models archive serve stop test test-unit test-e2e lint clean bench tune bench-check \
-        bench-options coldstart memory
+        bench-options coldstart memory status rollout rollback
 
 help:
 	@echo "make serve   install, build the example models and archives, start TorchServe"
@@ -29,6 +29,9 @@ help:
 	@echo "make bench-options MODEL=minilm [OPTIONS=...]  each speed option beside the YAML's settings"
 	@echo "make coldstart                                 first request after READY, warm-up on/off"
 	@echo "make memory MODEL=minilm                       RSS/PSS of 1, 2, 4 workers, mmap on/off"
+	@echo "make status                                    models, versions, default, workers (tsctl status)"
+	@echo "make rollout MODEL=tabular VERSION=2.0         gate a new version, then make it the default"
+	@echo "make rollback MODEL=tabular                    the previous version becomes the default again"
 	@echo "make archive / make models / make lint / make clean"
 
 install: $(VENV)/.installed
@@ -40,6 +43,7 @@ $(VENV)/.installed: pyproject.toml | java
 	$(PY) -m pip install --progress-bar on "torch==2.13.0"
 	$(PY) -m pip install --progress-bar on -e ".[dev,bench]"
 	$(PY) -m scripts.install_launcher
+	$(PY) -m scripts.grpc_stubs
 	touch $@
 
 java:
@@ -56,6 +60,16 @@ serve: archive
 
 stop: install
 	$(PY) -m scripts.serve stop
+
+# The operator CLI (`tsctl --help`); these read ./config.properties and ./key_file.json.
+status: install
+	$(BIN)/tsctl status
+
+rollout: install
+	$(BIN)/tsctl rollout $(MODEL) $(VERSION)
+
+rollback: install
+	$(BIN)/tsctl rollback $(MODEL)
 
 test: archive
 	$(PY) -m ruff check handlers scripts tests

@@ -22,6 +22,9 @@ Lifecycle (TorchServe calls `initialize` once per worker, `handle` once per batc
             native, v1 -> encode(row) per instance                     (optional hook)
             OIP        -> encode_outputs(rows) -> [OutputTensor]       (optional hook)
 
+Every response, good or bad, carries the serving version in an `X-Model-Version`
+header, so clients (and the rollout tests) see which version answered.
+
 N requests in, N responses out. A request that fails decoding or encoding gets its
 own status (`context.set_response_status(code, phrase, idx)`) and a JSON body
 naming the problem; the others carry on. Only a failure of the forward pass itself
@@ -54,7 +57,7 @@ from handlers.errors import (
     OutOfResources,
     RequestError,
 )
-from handlers.metrics import HandlerMetrics
+from handlers.metrics import HandlerMetrics, model_identity
 from handlers.options import parse_options
 from handlers.payload import Payload
 from handlers.runtime import RuntimeOptions, batch_sizes, set_worker_threads, to_device, worker_threads
@@ -62,6 +65,7 @@ from handlers.tensors import OutputTensor, TensorSpec
 
 __all__ = ["Decoded", "ModelHandler", "pick_device"]
 logger = logging.getLogger(__name__)
+VERSION_HEADER = "X-Model-Version"  # which version answered; set on every response
 Opened = dict[int, tuple[Envelope, Decoded]]  # request index -> its envelope and decoded instances
 
 def pick_device(system_properties: dict[str, Any]) -> torch.device:
@@ -149,6 +153,7 @@ class ModelHandler(BaseHandler):
         # ONNX Runtime takes host arrays and moves them to its device itself.
         self.device = torch.device("cpu") if self.options.backend == "onnx" else accelerator
         self.metrics = HandlerMetrics(context)
+        self.version = model_identity(context)[1]
         threads = worker_threads(self.options.threads, model_config)
         set_worker_threads(threads)
         model_dir = Path(context.system_properties["model_dir"])
@@ -192,6 +197,8 @@ class ModelHandler(BaseHandler):
             self._run_batch(opened, responses, context)
         self.metrics.outcomes(self._statuses, self._errors)
         self.metrics.flush()
+        for index in range(len(data)):
+            context.set_response_header(index, VERSION_HEADER, self.version)
         return responses
 
     # ---- internals ---------------------------------------------------------------

@@ -7,6 +7,9 @@ one line naming the file, the key and the fix. Each archive is built in a privat
 staging folder (its own TMPDIR, since torch-model-archiver stages in
 $TMPDIR/<model-name>) and moved into place in one rename, so model_store/ never
 holds half an archive. An archive whose inputs have not changed is not rebuilt.
+Every version built is also kept as model_store/.versions/NAME-VERSION.mar (a copy;
+hidden, so TorchServe's load_models=all skips it): the rollout CLI puts a
+version's archive back as model_store/NAME.mar when it becomes the default again.
 With `backend: onnx` or `quantize: int8` the staged model is exported and/or
 checked on held-out data first (scripts/optimize.py); a failed check is a config
 error (exit 2) and no archive is written.
@@ -33,10 +36,27 @@ from scripts.optimize import prepare
 logger = logging.getLogger(__name__)
 HANDLERS_PACKAGE = Path("handlers")
 FINGERPRINTS = ".fingerprints"  # hidden, inside the store: TorchServe skips it
+VERSIONS = ".versions"  # every version built, NAME-VERSION.mar; hidden for the same reason
 
 
 def archive_path(spec: ModelSpec, store: Path) -> Path:
     return store / f"{spec.name}.mar"
+
+
+def version_archive(store: Path, name: str, version: str) -> Path:
+    """Where the archive of one version of a model is kept."""
+    return store / VERSIONS / f"{name}-{version}.mar"
+
+
+def keep_version(archive: Path, kept: Path) -> None:
+    """Copy `archive` to `kept` (replacing what was there) in one rename.
+
+    A copy, not a hard link: a later `cp` onto one name would rewrite both.
+    """
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    staged = kept.with_name(f".{kept.name}.new")
+    shutil.copyfile(archive, staged)
+    staged.replace(kept)
 
 
 def fingerprint(spec: ModelSpec) -> str:
@@ -118,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         prefix = f"[{number}/{len(specs)}] {spec.name} {spec.version}"
         stamp, current = fingerprints / f"{spec.name}.sha256", fingerprint(spec)
         target = archive_path(spec, args.store)
+        kept = version_archive(args.store, spec.name, spec.version)
         if not args.force and target.exists() and stamp.exists() and stamp.read_text() == current:
+            if not kept.exists():
+                keep_version(target, kept)
             logger.info("%s: up to date (%s)", prefix, target)
             continue
         logger.info("%s: archiving %s ...", prefix, spec.source)
@@ -131,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             logger.error("error: %s", error)
             return 1
         stamp.write_text(current)
+        keep_version(target, kept)
         logger.info("%s: wrote %s (%.1f MB)", prefix, target, target.stat().st_size / 1e6)
     return 0
 

@@ -8,6 +8,10 @@
     example:                       # what `make serve` prints as a curl line
       content_type: application/json
       file: build/examples/tabular.json
+    rollout:                       # the gate `tsctl rollout` applies (scripts/policy.py)
+      golden: configs/golden/tabular.jsonl
+      min_accuracy: 0.95
+      p95_ms: 250
     model_config:                  # written as the archive's TorchServe model-config
       batchSize: 8
       maxBatchDelay: 20
@@ -36,13 +40,15 @@ import yaml
 
 from handlers.base import ModelHandler
 from handlers.options import OptionsError, parse_options
+from scripts.config_errors import ConfigError
+from scripts.policy import RolloutPolicy, parse_policy
 
 CONFIG_DIR = Path("configs/models")  # one YAML per model, relative to the repository root
 METRICS_CONFIG = Path("configs/metrics.yaml")  # the metrics the servers export (metrics_config=)
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 VERSION_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
-TOP_LEVEL_KEYS = {"name", "version", "handler", "files", "example", "model_config"}
+TOP_LEVEL_KEYS = {"name", "version", "handler", "files", "example", "model_config", "rollout"}
 REQUIRED_KEYS = ("name", "version", "handler", "files", "model_config")
 # TorchServe model-config keys we check the type of (positive integers unless noted).
 COUNT_KEYS = {"batchSize": 1, "maxBatchDelay": 0, "minWorkers": 1, "maxWorkers": 1,
@@ -56,14 +62,6 @@ PASS_THROUGH_KEYS = {"parallelType", "parallelLevel", "deviceIds", "jobQueueSize
 
 # Names at the archive root that the archive step itself writes.
 RESERVED_NAMES = {"handlers", "model-config.yaml", "MAR-INF"}
-
-
-class ConfigError(ValueError):
-    """A bad model config: `path: key 'k': what is wrong; fix: what to write`."""
-
-    def __init__(self, path: Path, key: str, problem: str, fix: str) -> None:
-        super().__init__(f"{path}: key '{key}': {problem}; fix: {fix}")
-        self.path, self.key = path, key
 
 
 @dataclass(frozen=True)
@@ -84,6 +82,7 @@ class ModelSpec:
     files: tuple[Path, ...]
     model_config: Mapping[str, Any]
     example: Example | None
+    rollout: RolloutPolicy | None = None
 
 
 def load_spec(path: Path, root: Path = Path(".")) -> ModelSpec:
@@ -101,7 +100,8 @@ def load_spec(path: Path, root: Path = Path(".")) -> ModelSpec:
     files = _files(path, raw.get("files"), root, reserved={handler.name})
     model_config = _model_config(path, raw["model_config"], handler, files)
     example = _example(path, raw.get("example"))
-    return ModelSpec(path, name, version, handler, files, model_config, example)
+    rollout = parse_policy(path, raw.get("rollout"), root)
+    return ModelSpec(path, name, version, handler, files, model_config, example, rollout)
 
 
 def handler_class(handler: Path) -> type[ModelHandler]:

@@ -23,9 +23,14 @@ def scrape(metrics_url: str, timeout: float = 10.0) -> list[Sample]:
     """Every sample the server exports now (histograms as _bucket, _sum and _count samples)."""
     response = requests.get(f"{metrics_url}/metrics", timeout=timeout)
     response.raise_for_status()
+    return parse_samples(response.text)
+
+
+def parse_samples(text: str) -> list[Sample]:
+    """The samples of a Prometheus text exposition."""
     return [
         Sample(sample.name, dict(sample.labels), float(sample.value))
-        for family in text_string_to_metric_families(response.text)
+        for family in text_string_to_metric_families(text)
         for sample in family.samples
     ]
 

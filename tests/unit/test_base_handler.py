@@ -34,6 +34,13 @@ def test_bad_items_get_their_own_status_and_good_items_their_answers(echo: Local
     assert all(r.headers.get("content-type") == "application/json" for r in results)
 
 
+def test_every_answer_good_or_bad_names_the_version_that_produced_it(tmp_path: Path) -> None:
+    model = LocalModel(EchoHandler(), "echo", tmp_path, CONFIG, version="7.3")
+    results = model.run([RawRequest.json({"x": 1.0}), RawRequest(b"{not json")])
+    assert [r.status for r in results] == [200, 400]
+    assert [r.headers.get("X-Model-Version") for r in results] == ["7.3", "7.3"]
+
+
 def test_a_bug_in_decode_is_a_500_for_that_request_only(echo: LocalModel) -> None:
     results = echo.run([RawRequest.json({"x": 1, "boom": True}), RawRequest.json({"x": 2})])
     assert [r.status for r in results] == [500, 200]

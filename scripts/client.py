@@ -7,7 +7,7 @@
 
 - Every call has an explicit timeout (`timeout=` per call, else the client's).
 - A non-2xx answer raises `TorchServeError` (a subclass per status that callers act
-  on: 401, 403, 404, 405, 409) carrying the status, the URL and the server's message.
+  on: a refused token, 403, 404, 405, 409) carrying the status, the URL and the server's message.
 - Retries with backoff only where repeating is harmless: connection failures
   (the request never reached the server) for every call; read failures and
   502/503/504 only for GET and PUT, which are idempotent here (describe, list,
@@ -16,7 +16,8 @@
 - Token authorization: `KeyFile.resolve` takes the keys from the environment
   (TORCHSERVE_INFERENCE_KEY, TORCHSERVE_MANAGEMENT_KEY) or from the server's
   key_file.json; a 401 re-reads that file once, since TorchServe rotates keys
-  (`token_expiration_min`, `/token?type=...`).
+  (`token_expiration_min`, `/token?type=...`). TorchServe answers a bad token with
+  400 "Token Authorization failed"; that raises `Unauthorized` too.
 """
 
 from __future__ import annotations
@@ -56,12 +57,12 @@ class TorchServeError(RuntimeError):
             message = answer.get("message", response.text) if isinstance(answer, dict) else response.text
         except ValueError:
             message = response.text
-        kind = ERRORS_BY_STATUS.get(response.status_code, cls)
+        kind = Unauthorized if is_auth_failure(response) else ERRORS_BY_STATUS.get(response.status_code, cls)
         return kind(response.status_code, response.reason or "", response.url, str(message).strip())
 
 
 class Unauthorized(TorchServeError):
-    """401: token authorization is on and the key is missing, wrong or expired."""
+    """Token authorization is on and the key is missing, wrong or expired (TorchServe says 400)."""
 
 
 class Forbidden(TorchServeError):
@@ -83,6 +84,12 @@ class Conflict(TorchServeError):
 ERRORS_BY_STATUS: dict[int, type[TorchServeError]] = {
     401: Unauthorized, 403: Forbidden, 404: NotFound, 405: ModelApiDisabled, 409: Conflict,
 }
+
+
+def is_auth_failure(response: requests.Response) -> bool:
+    """TorchServe 0.12 refuses a missing or wrong token with 400 "Token Authorization failed"."""
+    return response.status_code == 401 or (
+        response.status_code == 400 and "Token Authorization failed" in response.text)
 
 
 @dataclass(frozen=True)
@@ -196,7 +203,7 @@ class TorchServeClient:
     def _request(self, method: str, url: str, api: str | None, check: bool = True,
                  timeout: float | None = None, **kwargs: Any) -> requests.Response:
         response = self._send(method, url, api, timeout, kwargs)
-        if response.status_code == 401 and api and self._reload_keys():
+        if api and is_auth_failure(response) and self._reload_keys():
             response = self._send(method, url, api, timeout, kwargs)  # the key was rotated
         if check and not response.ok:
             raise TorchServeError.from_response(response)

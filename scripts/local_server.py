@@ -20,7 +20,7 @@ from pathlib import Path
 
 import requests
 
-from scripts.client import TorchServeClient, TorchServeError
+from scripts.client import KeyFile, TorchServeClient, TorchServeError
 from scripts.model_config import METRICS_CONFIG
 from scripts.serve import torchserve_command, wait_until_ready
 
@@ -94,8 +94,14 @@ class LocalServer:
     def metrics_url(self) -> str:
         return self.properties["metrics_address"]
 
+    @property
+    def key_file(self) -> Path:
+        """Where TorchServe writes its keys when token authorization is on (its working directory)."""
+        return self.workdir / "key_file.json"
+
     def client(self, timeout: float = 60) -> TorchServeClient:
-        return TorchServeClient(self.inference_url, self.management_url, timeout=timeout)
+        return TorchServeClient(self.inference_url, self.management_url, KeyFile.read(self.key_file),
+                                timeout=timeout, metrics_url=self.metrics_url)
 
     @classmethod
     def start(cls, workdir: Path, store: Path, models: Sequence[str], timeout: float = 300,

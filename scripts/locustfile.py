@@ -3,6 +3,9 @@
 Environment: BENCH_BODIES (a JSON file: {"content_type": ..., "bodies": [base64, ...]}) and
 BENCH_PATH (e.g. /predictions/tabular). Every user sends the bodies round robin,
 from its own starting point, so all variants see the same inputs.
+Optional: BENCH_TOKEN (sent as `Authorization: Bearer`), and BENCH_RESPONSES (a file
+that gets one line per response: sent and answered Unix times, status, X-Model-Version),
+which the rollout tests read to see which version answered when.
 """
 
 from __future__ import annotations
@@ -12,13 +15,17 @@ import itertools
 import json
 import os
 import random
+import time
 
 from locust import FastHttpUser, constant, task
 
 _REQUESTS = json.loads(open(os.environ["BENCH_BODIES"]).read())
 BODIES = [base64.b64decode(body) for body in _REQUESTS["bodies"]]
 HEADERS = {"Content-Type": _REQUESTS["content_type"]}
+if os.environ.get("BENCH_TOKEN"):
+    HEADERS["Authorization"] = f"Bearer {os.environ['BENCH_TOKEN']}"
 PATH = os.environ["BENCH_PATH"]
+RESPONSES = open(os.environ["BENCH_RESPONSES"], "a") if os.environ.get("BENCH_RESPONSES") else None
 
 
 class ModelClient(FastHttpUser):
@@ -30,7 +37,12 @@ class ModelClient(FastHttpUser):
 
     @task
     def predict(self) -> None:
+        sent = time.time()
         with self.client.post(PATH, data=next(self.bodies), headers=HEADERS, name=PATH,
                               catch_response=True) as response:
             if response.status_code != 200:
                 response.failure(f"{response.status_code}: {response.text[:200]}")
+        if RESPONSES is not None:
+            version = response.headers.get("X-Model-Version", "-") if response.headers else "-"
+            RESPONSES.write(f"{sent:.6f} {time.time():.6f} {response.status_code} {version}\n")
+            RESPONSES.flush()

@@ -1,0 +1,174 @@
+"""Rollout and rollback against a real TorchServe with token authorization on, under live load.
+
+Each test gets its own server and a private copy of the model store (a rollout
+rewrites model_store/NAME.mar), builds the new version with the real archive step,
+and drives the real CLI (`python -m scripts.tsctl`) while locust keeps
+/predictions/tabular busy and records which version answered every request.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from scripts import archive
+from scripts.loadgen import LoadResult, run_load, workload
+from scripts.local_server import LocalServer
+from scripts.mar import read_archive
+
+pytestmark = pytest.mark.e2e
+TABULAR_YAML = Path("configs/models/tabular.yaml")
+PRODUCTION = {"disable_token_authorization": "false"}  # token auth on, as configs/production.properties
+
+
+@dataclass(frozen=True)
+class Reply:
+    sent: float
+    answered: float
+    status: int
+    version: str
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Path:
+    """A private model store holding tabular 1.0, as `make archive` leaves it."""
+    store = tmp_path / "store"
+    (store / archive.VERSIONS).mkdir(parents=True)
+    shutil.copyfile(Path("model_store/tabular.mar"), store / "tabular.mar")
+    shutil.copyfile(Path("model_store/tabular.mar"), archive.version_archive(store, "tabular", "1.0"))
+    assert read_archive(store / "tabular.mar").version == "1.0"
+    return store
+
+
+def start(tmp_path: Path, store: Path, extra: dict[str, str]) -> LocalServer:
+    return LocalServer.start(tmp_path / "server", store, ["tabular"], extra=extra)
+
+
+@pytest.fixture()
+def server(tmp_path: Path, store: Path) -> Iterator[LocalServer]:
+    with start(tmp_path, store, {**PRODUCTION, "enable_model_api": "true"}) as instance:
+        yield instance
+
+
+def build_version(tmp_path: Path, store: Path, version: str, swap_labels: bool = False) -> Path:
+    """`make archive` of tabular at `version`; swap_labels makes a model that is wrong on purpose."""
+    text = TABULAR_YAML.read_text().replace('version: "1.0"', f'version: "{version}"')
+    if swap_labels:
+        text = text.replace("class_names: [malignant, benign]", "class_names: [benign, malignant]")
+    config = tmp_path / f"tabular-{version}.yaml"
+    config.write_text(text)
+    assert archive.main([str(config), "--store", str(store)]) == 0
+    assert read_archive(store / "tabular.mar").version == version
+    return config
+
+
+def tsctl(server: LocalServer, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "scripts.tsctl",
+               "--ts-config", str(server.workdir / "config.properties"),
+               "--log", str(server.workdir / "rollout.jsonl"), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+
+
+def under_load(server: LocalServer, tmp_path: Path,
+               seconds: float) -> tuple[ThreadPoolExecutor, Future[LoadResult], Path]:
+    """Start locust on /predictions/tabular in the background; every reply is recorded."""
+    bodies = workload("tabular").write(tmp_path / "bodies.json")
+    replies = tmp_path / "replies.txt"
+    token = json.loads(server.key_file.read_text())["inference"]["key"]
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(run_load, server.inference_url, "/predictions/tabular", bodies, 6, seconds, tmp_path,
+                         settle=0.0, extra_env={"BENCH_TOKEN": token, "BENCH_RESPONSES": str(replies)})
+    deadline = time.monotonic() + 60
+    while not (replies.exists() and replies.stat().st_size > 0):  # load is flowing
+        assert time.monotonic() < deadline and not future.done(), "locust sent nothing"
+        time.sleep(0.2)
+    return pool, future, replies
+
+
+def read_replies(path: Path) -> list[Reply]:
+    return [Reply(float(sent), float(answered), int(status), version)
+            for sent, answered, status, version in (line.split() for line in path.read_text().splitlines())]
+
+
+def steps(server: LocalServer) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (server.workdir / "rollout.jsonl").read_text().splitlines()]
+
+
+def when(step: dict[str, object]) -> float:
+    return datetime.fromisoformat(str(step["time"])).timestamp()
+
+
+def test_rollout_then_rollback_under_load_drops_no_request(server: LocalServer, store: Path,
+                                                           tmp_path: Path) -> None:
+    config = build_version(tmp_path, store, "2.0")
+    pool, future, replies = under_load(server, tmp_path, seconds=40)
+    with pool:
+        forward = tsctl(server, "rollout", "tabular", "2.0", "--config", str(config))
+        assert forward.returncode == 0, forward.stderr
+        time.sleep(4)  # traffic on 2.0
+        back = tsctl(server, "rollback", "tabular")
+        assert back.returncode == 0, back.stderr
+        time.sleep(4)  # traffic on 1.0 again
+        load = future.result()
+    log = steps(server)
+    assert [s["step"] for s in log] == ["start", "register", "ready", "gate", "default", "done",
+                                        "start", "ready", "default", "archive", "done"]
+    switched, rolled_back = when(log[4]), when(log[8])
+    answered = read_replies(replies)
+    assert load.failures == 0 and answered and all(r.status == 200 for r in answered)
+    # which version answered: 1.0 before the switch, 2.0 between, 1.0 after the rollback
+    assert {r.version for r in answered if r.answered < switched} == {"1.0"}
+    assert {r.version for r in answered if switched + 0.05 < r.sent and r.answered < when(log[6])} == {"2.0"}
+    assert {r.version for r in answered if r.sent > rolled_back + 0.05} == {"1.0"}
+    assert read_archive(store / "tabular.mar").version == "1.0"  # a restart serves the default
+    with server.client() as client:
+        assert sorted(v["modelVersion"] for v in client.describe("tabular", "all")) == ["1.0", "2.0"]
+
+
+def test_a_bad_version_is_refused_by_the_gate_and_never_serves(server: LocalServer, store: Path,
+                                                               tmp_path: Path) -> None:
+    config = build_version(tmp_path, store, "2.0", swap_labels=True)
+    pool, future, replies = under_load(server, tmp_path, seconds=15)
+    with pool:
+        refused = tsctl(server, "rollout", "tabular", "2.0", "--config", str(config))
+        load = future.result()
+    assert refused.returncode == 1, refused.stderr
+    assert "below min_accuracy" in refused.stderr and "1.0 stays the default" in refused.stderr
+    answered = read_replies(replies)
+    assert load.failures == 0 and {(r.status, r.version) for r in answered} == {(200, "1.0")}
+    gate = next(s for s in steps(server) if s["step"] == "gate")
+    assert gate["passed"] is False and float(gate["accuracy"]) < 0.5  # type: ignore[arg-type]
+    with server.client() as client:
+        assert [v["modelVersion"] for v in client.describe("tabular", "all")] == ["1.0"]
+    assert read_archive(store / "tabular.mar").version == "1.0"
+    assert read_archive(archive.version_archive(store, "tabular", "2.0")).version == "2.0"  # nothing lost
+
+
+def test_without_the_model_api_or_the_key_the_cli_says_what_to_do(tmp_path: Path, store: Path) -> None:
+    with start(tmp_path, store, {**PRODUCTION, "enable_model_api": "false"}) as server:
+        config = build_version(tmp_path, store, "2.0")
+        status = tsctl(server, "--json", "status")
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["tabular"]["default"] == "1.0"
+
+        no_key = tsctl(server, "--key-file", str(tmp_path / "missing.json"), "status")
+        assert no_key.returncode == 4 and "key_file.json" in no_key.stderr
+
+        off = tsctl(server, "rollout", "tabular", "2.0", "--config", str(config))
+        assert off.returncode == 5 and "enable_model_api=true" in off.stderr
+        with server.client() as client:
+            assert [v["modelVersion"] for v in client.describe("tabular", "all")] == ["1.0"]
+        assert read_archive(store / "tabular.mar").version == "1.0"
+
+        nothing = tsctl(server, "rollback", "tabular")
+        assert nothing.returncode == 1 and "nothing to roll back to" in nothing.stderr

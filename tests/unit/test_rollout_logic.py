@@ -1,0 +1,130 @@
+"""The rollout's pure parts: the gate's rules, version order, the policy and golden checks, the client's
+error types and retry policy. The protocol itself runs against a real server in tests/e2e/test_rollout.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import requests
+
+from scripts.client import (
+    SAFE_RETRIES,
+    Conflict,
+    KeyFile,
+    ModelApiDisabled,
+    TorchServeError,
+    Unauthorized,
+)
+from scripts.config_errors import ConfigError
+from scripts.gate import Answer, judge, percentile
+from scripts.golden import GoldenRequest, read_golden
+from scripts.policy import RolloutPolicy, parse_policy
+from scripts.rollout import version_key
+
+GOLDEN = [GoldenRequest("application/json", b"{}", {"label": "a"}),
+          GoldenRequest("application/json", b"{}", {"label": "b"})]
+POLICY = RolloutPolicy(golden=Path("g.jsonl"), p95_ms=100.0, min_accuracy=0.9)
+
+
+def answers(*labels: str, status: int = 200, seconds: float = 0.01) -> list[Answer]:
+    return [Answer(status, seconds, {"label": label}) for label in labels]
+
+
+def test_the_gate_passes_a_version_that_answers_right_and_fast() -> None:
+    verdict = judge(POLICY, GOLDEN, answers("a", "b"), None)
+    assert verdict.passed and verdict.figures["accuracy"] == 1.0 and verdict.reasons == []
+
+
+def test_the_gate_refuses_wrong_answers_errors_and_slowness_and_says_which() -> None:
+    assert judge(POLICY, GOLDEN, answers("a", "a"), None).reasons == [
+        "accuracy 0.5 is below min_accuracy 0.9"]
+    crashed = judge(POLICY, GOLDEN, answers("a", "b", status=503), None)
+    assert not crashed.passed and crashed.figures["server_errors"] == 2
+    slow = judge(POLICY, GOLDEN, answers("a", "b", seconds=0.5), None)
+    assert slow.reasons == ["p95 latency 500.0 ms is over p95_ms 100"]
+
+
+def test_agreement_is_cosine_for_vectors_and_equality_otherwise() -> None:
+    policy = RolloutPolicy(golden=Path("g"), p95_ms=100.0, compare="embedding", min_agreement=0.99)
+    golden = [GoldenRequest("application/json", b"{}")] * 2
+    ours = [Answer(200, 0.01, {"embedding": [1.0, 0.0]}), Answer(200, 0.01, {"embedding": [0.0, 1.0]})]
+    theirs = [Answer(200, 0.01, {"embedding": [1.0, 0.0]}), Answer(200, 0.01, {"embedding": [1.0, 0.0]})]
+    verdict = judge(policy, golden, ours, theirs)
+    assert verdict.figures["agreement"] == 0.5 and not verdict.passed
+    assert judge(policy, golden, ours, ours).passed
+
+
+def test_percentile_is_a_latency_some_request_saw() -> None:
+    assert percentile([0.3, 0.1, 0.2], 95) == 0.3
+    assert percentile([float(n) for n in range(1, 101)], 95) == 95.0
+
+
+def test_versions_order_as_numbers_not_text() -> None:
+    assert sorted(["1.10", "2.0", "1.9", "1.0", "nightly"], key=version_key) == [
+        "1.0", "1.9", "1.10", "2.0", "nightly"]
+
+
+@pytest.mark.parametrize(("section", "key"), [
+    ({"golden": "missing.jsonl", "p95_ms": 100, "min_accuracy": 0.9}, "rollout.golden"),
+    ({"golden": "g.jsonl", "p95_ms": 100}, "rollout"),
+    ({"golden": "g.jsonl", "p95_ms": 100, "min_agreement": 0.9}, "rollout.compare"),
+    ({"golden": "g.jsonl", "p95_ms": 100, "min_accuracy": 1.5}, "rollout.min_accuracy"),
+    ({"golden": "g.jsonl", "p95_ms": 100, "min_accuracy": 0.9, "keep": 1}, "rollout.keep"),
+    ({"golden": "g.jsonl", "p95_ms": 100, "min_accuracy": 0.9, "canary": 5}, "rollout.canary"),
+])
+def test_a_bad_rollout_section_names_its_key(tmp_path: Path, section: dict[str, object], key: str) -> None:
+    (tmp_path / "g.jsonl").write_text('{"content_type": "text/plain", "body": "x"}\n')
+    with pytest.raises(ConfigError) as error:
+        parse_policy(Path("m.yaml"), section, tmp_path)
+    assert error.value.key == key and "fix:" in str(error.value)
+
+
+def test_a_broken_golden_line_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "g.jsonl"
+    path.write_text('{"content_type": "text/plain", "body": "x"}\n{"body": "no type"}\n')
+    with pytest.raises(ConfigError, match="line 2"):
+        read_golden(path)
+
+
+def test_the_committed_golden_sets_carry_their_expected_answers() -> None:
+    for name, field in (("tabular", "label"), ("digits", "digit")):
+        golden = read_golden(Path(f"configs/golden/{name}.jsonl"))
+        assert len(golden) == 64 and all(field in request.expect for request in golden)
+    assert all(not request.expect for request in read_golden(Path("configs/golden/minilm.jsonl")))
+
+
+def test_keys_from_the_environment_win_over_the_key_file(tmp_path: Path) -> None:
+    path = tmp_path / "key_file.json"
+    path.write_text(json.dumps({"inference": {"key": "file-i"}, "management": {"key": "file-m"}}))
+    keys = KeyFile.resolve(path, {"TORCHSERVE_MANAGEMENT_KEY": "env-m"})
+    assert (keys.inference, keys.management, keys.source) == ("file-i", "env-m", path)
+    assert KeyFile.resolve(tmp_path / "absent.json", {}) == KeyFile(source=tmp_path / "absent.json")
+
+
+def response(status: int, body: dict[str, object]) -> requests.Response:
+    answer = requests.Response()
+    answer.status_code, answer.url, answer.reason = status, "http://127.0.0.1:8081/models", "Reason"
+    answer._content = json.dumps(body).encode()
+    return answer
+
+
+def test_errors_carry_the_servers_message_and_a_type_per_remedy() -> None:
+    refused = TorchServeError.from_response(response(400, {
+        "code": 400, "type": "InvalidKeyException",
+        "message": "Token Authorization failed. Token either incorrect, expired, or not provided correctly"}))
+    assert isinstance(refused, Unauthorized) and refused.status == 400
+    assert isinstance(TorchServeError.from_response(response(405, {"message": "off"})), ModelApiDisabled)
+    taken = "Model version 1.0 is already registered"
+    conflict = TorchServeError.from_response(response(409, {"message": taken}))
+    assert isinstance(conflict, Conflict) and conflict.message == taken
+    assert type(TorchServeError.from_response(response(400, {"message": "bad url"}))) is TorchServeError
+
+
+def test_only_idempotent_calls_are_retried_after_the_server_may_have_seen_them() -> None:
+    for method in ("GET", "PUT"):
+        assert SAFE_RETRIES.is_retry(method, 503)
+    for method in ("POST", "DELETE"):  # register, predict, unregister
+        assert not SAFE_RETRIES.is_retry(method, 503)
+    assert SAFE_RETRIES.connect and SAFE_RETRIES.connect > 0  # a refused connection never reached it

@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -67,3 +68,11 @@ def test_handler_metrics_after_concurrent_traffic(server: Server) -> None:
     assert bool(device_memory) == torch.cuda.is_available()  # emitted on GPU workers only
     FIGURES["tabular mean requests per forward pass (32 concurrent clients, from metrics)"] = (
         f"{mean_batch:.2f}")
+
+
+def test_the_client_reads_one_metric_family_by_name(server: Server) -> None:
+    with server.client() as client:
+        client.predict("tabular", Path("build/examples/tabular.json").read_bytes(), "application/json")
+        samples = client.metrics(("ts_inference_requests_total",))
+    assert samples and {sample.name for sample in samples} == {"ts_inference_requests_total"}
+    assert total(samples, "ts_inference_requests_total", model_name="tabular") >= 1

@@ -32,31 +32,15 @@ import yaml
 
 from scripts.model_config import ConfigError, ModelSpec, load_spec
 from scripts.optimize import prepare
+from scripts.store import keep_version, version_archive
 
 logger = logging.getLogger(__name__)
 HANDLERS_PACKAGE = Path("handlers")
 FINGERPRINTS = ".fingerprints"  # hidden, inside the store: TorchServe skips it
-VERSIONS = ".versions"  # every version built, NAME-VERSION.mar; hidden for the same reason
 
 
 def archive_path(spec: ModelSpec, store: Path) -> Path:
     return store / f"{spec.name}.mar"
-
-
-def version_archive(store: Path, name: str, version: str) -> Path:
-    """Where the archive of one version of a model is kept."""
-    return store / VERSIONS / f"{name}-{version}.mar"
-
-
-def keep_version(archive: Path, kept: Path) -> None:
-    """Copy `archive` to `kept` (replacing what was there) in one rename.
-
-    A copy, not a hard link: a later `cp` onto one name would rewrite both.
-    """
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    staged = kept.with_name(f".{kept.name}.new")
-    shutil.copyfile(archive, staged)
-    staged.replace(kept)
 
 
 def fingerprint(spec: ModelSpec) -> str:

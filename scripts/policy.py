@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from scripts.config_errors import ConfigError
 
 POLICY_KEYS = {"golden", "min_accuracy", "compare", "min_agreement", "p95_ms", "keep"}
@@ -31,6 +33,20 @@ class RolloutPolicy:
     compare: str | None = None
     min_agreement: float | None = None
     keep: int = 3
+
+
+def read_policy(path: Path, root: Path = Path(".")) -> RolloutPolicy:
+    """The rollout section of one model YAML, without loading anything else of it (tsctl stays light)."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(path, "-", f"cannot be read ({error})", "give the model's YAML, e.g. "
+                          "configs/models/tabular.yaml") from None
+    policy = parse_policy(path, raw.get("rollout") if isinstance(raw, dict) else None, root)
+    if policy is None:
+        raise ConfigError(path, "rollout", "missing: a rollout needs a golden set and thresholds",
+                          "add a rollout: section (see scripts/policy.py)")
+    return policy
 
 
 def parse_policy(path: Path, value: Any, root: Path) -> RolloutPolicy | None:

@@ -29,12 +29,12 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from scripts.archive import keep_version, version_archive
 from scripts.client import NotFound, TorchServeClient, ready_workers
 from scripts.gate import ask, judge
 from scripts.golden import read_golden
 from scripts.mar import read_archive
 from scripts.policy import RolloutPolicy
+from scripts.store import keep_version, version_archive
 
 logger = logging.getLogger(__name__)
 

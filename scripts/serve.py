@@ -24,20 +24,10 @@ import requests
 
 from scripts.client import KeyFile, TorchServeClient, TorchServeError, ready_workers
 from scripts.model_config import CONFIG_DIR, ConfigError, Example, load_spec
+from scripts.properties import read_properties
 
 logger = logging.getLogger(__name__)
 LOG_DIR = Path("logs")
-
-
-def read_properties(path: Path) -> dict[str, str]:
-    """key=value lines of a TorchServe properties file (comments and blanks skipped)."""
-    properties: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith(("#", "!")) and "=" in line:
-            key, value = line.split("=", 1)
-            properties[key.strip()] = value.strip()
-    return properties
 
 
 def torchserve_command(*args: str) -> list[str]:

@@ -29,9 +29,9 @@ import requests
 
 from scripts.client import KeyFile, ModelApiDisabled, TorchServeClient, TorchServeError, Unauthorized
 from scripts.config_errors import ConfigError
-from scripts.model_config import load_spec
+from scripts.policy import read_policy
+from scripts.properties import read_properties
 from scripts.rollout import Exit, RolloutFailed, RolloutLog, registered, rollback, rollout
-from scripts.serve import read_properties
 from scripts.tsctl_views import show_status, show_versions
 
 logger = logging.getLogger(__name__)
@@ -78,11 +78,8 @@ def run(args: argparse.Namespace) -> Any:
             return {"message": client.unregister(args.model, args.version)}
         if args.command == "rollback":
             return rollback(client, store, args.model, log, to=args.to)
-        spec = load_spec(args.config or Path(f"configs/models/{args.model}.yaml"))
-        if spec.rollout is None:
-            raise RolloutFailed(Exit.USAGE, f"{spec.source} has no rollout: section (golden set and "
-                                "thresholds); see scripts/policy.py")
-        return rollout(client, store, args.model, args.version, spec.rollout, log)
+        policy = read_policy(args.config or Path(f"configs/models/{args.model}.yaml"))
+        return rollout(client, store, args.model, args.version, policy, log)
 
 
 def failure(error: Exception, args: argparse.Namespace) -> tuple[Exit, str]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from scripts import archive
+from scripts import store as layout
 from scripts.loadgen import LoadResult, run_load, workload
 from scripts.local_server import LocalServer
 from scripts.mar import read_archive
@@ -43,9 +44,9 @@ class Reply:
 def store(tmp_path: Path) -> Path:
     """A private model store holding tabular 1.0, as `make archive` leaves it."""
     store = tmp_path / "store"
-    (store / archive.VERSIONS).mkdir(parents=True)
+    (store / layout.VERSIONS).mkdir(parents=True)
     shutil.copyfile(Path("model_store/tabular.mar"), store / "tabular.mar")
-    shutil.copyfile(Path("model_store/tabular.mar"), archive.version_archive(store, "tabular", "1.0"))
+    shutil.copyfile(Path("model_store/tabular.mar"), layout.version_archive(store, "tabular", "1.0"))
     assert read_archive(store / "tabular.mar").version == "1.0"
     return store
 
@@ -151,7 +152,7 @@ def test_a_bad_version_is_refused_by_the_gate_and_never_serves(server: LocalServ
     with server.client() as client:
         assert [v["modelVersion"] for v in client.describe("tabular", "all")] == ["1.0"]
     assert read_archive(store / "tabular.mar").version == "1.0"
-    assert read_archive(archive.version_archive(store, "tabular", "2.0")).version == "2.0"  # nothing lost
+    assert read_archive(layout.version_archive(store, "tabular", "2.0")).version == "2.0"  # nothing lost
 
 
 def test_without_the_model_api_or_the_key_the_cli_says_what_to_do(tmp_path: Path, store: Path) -> None:
@@ -172,3 +173,18 @@ def test_without_the_model_api_or_the_key_the_cli_says_what_to_do(tmp_path: Path
 
         nothing = tsctl(server, "rollback", "tabular")
         assert nothing.returncode == 1 and "nothing to roll back to" in nothing.stderr
+
+
+def test_rollouts_keep_the_newest_three_versions_and_never_the_default(server: LocalServer, store: Path,
+                                                                       tmp_path: Path) -> None:
+    for version in ("2.0", "3.0", "4.0", "1.5"):  # 1.5: a hotfix older than what is registered
+        rolled = tsctl(server, "rollout", "tabular", version, "--config",
+                       str(build_version(tmp_path, store, version)))
+        assert rolled.returncode == 0, rolled.stderr
+    pruned = [s["version"] for s in steps(server) if s["step"] == "prune"]
+    assert pruned == ["1.0"]  # pruned by the rollout of 4.0; 1.5 stays, being the default
+    shown = json.loads(tsctl(server, "--json", "versions", "tabular").stdout)
+    assert shown["default"] == "1.5" and sorted(shown["versions"]) == ["1.5", "2.0", "3.0", "4.0"]
+    assert tsctl(server, "rollback", "tabular").returncode == 1  # nothing older than 1.5 is kept
+    assert tsctl(server, "rollback", "tabular", "--to", "4.0").returncode == 0
+    assert read_archive(store / "tabular.mar").version == "4.0"

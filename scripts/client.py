@@ -38,7 +38,7 @@ from scripts.prometheus import Sample, parse_samples
 INFERENCE_KEY_ENV = "TORCHSERVE_INFERENCE_KEY"
 MANAGEMENT_KEY_ENV = "TORCHSERVE_MANAGEMENT_KEY"
 SAFE_RETRIES = Retry(
-    total=4, connect=4, read=2, status=2, backoff_factor=0.25, status_forcelist=(502, 503, 504),
+    total=4, connect=4, read=2, status=2, other=0, backoff_factor=0.25, status_forcelist=(502, 503, 504),
     allowed_methods=frozenset({"GET", "PUT"}), raise_on_status=False,
 )
 
@@ -105,8 +105,12 @@ class KeyFile:
         """The keys in TorchServe's key_file.json; no keys when the file is absent (auth off)."""
         if not path.exists():
             return cls(source=path)
-        keys = json.loads(path.read_text())
-        return cls(keys["inference"]["key"], keys["management"]["key"], path)
+        try:
+            keys = json.loads(path.read_text())
+            return cls(keys["inference"]["key"], keys["management"]["key"], path)
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path} is not a TorchServe key file ({error!r}); TorchServe rewrites it "
+                             "at start: do not edit it") from None
 
     @classmethod
     def resolve(cls, path: Path, environ: Mapping[str, str] = os.environ) -> KeyFile:

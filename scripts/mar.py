@@ -33,7 +33,7 @@ def read_archive(path: Path) -> ArchiveInfo:
             names = set(archive.namelist())
             config_name = manifest["model"].get("configFile", "model-config.yaml")
             config = yaml.safe_load(archive.read(config_name)) if config_name in names else {}
-    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not a readable model archive ({error})") from None
-    model = manifest["model"]
-    return ArchiveInfo(path, str(model["modelName"]), str(model["modelVersion"]), dict(config or {}))
+            model = manifest["model"]
+            return ArchiveInfo(path, str(model["modelName"]), str(model["modelVersion"]), dict(config or {}))
+    except (OSError, KeyError, TypeError, zipfile.BadZipFile, json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"{path} is not a readable model archive ({error!r})") from None

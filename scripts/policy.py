@@ -64,7 +64,7 @@ def parse_policy(path: Path, value: Any, root: Path) -> RolloutPolicy | None:
         raise ConfigError(path, "rollout.golden", f"no golden set at {golden!r}",
                           "write the path of a JSON-lines file; `python -m scripts.golden NAME` writes one")
     policy = RolloutPolicy(
-        golden=Path(golden),
+        golden=root / golden,
         p95_ms=_number(path, value, "p95_ms", low=0.0, high=None, required=True) or 0.0,
         min_accuracy=_number(path, value, "min_accuracy", low=0.0, high=1.0),
         compare=value.get("compare"),

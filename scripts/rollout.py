@@ -9,8 +9,9 @@ rollout(MODEL, VERSION):
        refused -> unregister it, put the default's archive back, raise RolloutFailed
     5. make it the default: new requests to /predictions/MODEL go to it, in-flight ones finish
     6. keep the newest `keep` versions registered, unregister older ones (never the default)
-rollback(MODEL): the newest registered version older than the default (or --to) becomes the
-    default again, after making sure it has READY workers; needs no model API.
+rollback(MODEL): the version that was the default before this one (from the rollout log;
+    else the newest registered version older than the default; or --to) becomes the default
+    again, after making sure it has READY workers; needs no model API.
 
 Every step appends one JSON line to the rollout log. Afterwards model_store/MODEL.mar
 is the default's archive, so a restarted TorchServe serves what was serving.
@@ -27,11 +28,12 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+import requests
 from packaging.version import InvalidVersion, Version
 
-from scripts.client import NotFound, TorchServeClient, ready_workers
-from scripts.gate import ask, judge
-from scripts.golden import read_golden
+from scripts.client import NotFound, TorchServeClient, TorchServeError, ready_workers
+from scripts.gate import Verdict, ask, judge
+from scripts.golden import GoldenRequest, read_golden
 from scripts.mar import read_archive
 from scripts.policy import RolloutPolicy
 from scripts.store import keep_version, version_archive
@@ -62,6 +64,19 @@ class RolloutLog:
 
     path: Path
     model: str
+
+    def previous_default(self, current: str | None) -> str | None:
+        """What was the default before a rollout made `current` the default (by this log's last
+        such switch; switches made by rollback are skipped, so rollback twice goes back twice)."""
+        switches = [record for record in self.records() if record.get("step") == "default"
+                    and record.get("version") == current and record.get("action") != "rollback"]
+        return str(switches[-1]["previous"]) if switches and switches[-1].get("previous") else None
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        lines = self.path.read_text().splitlines()
+        return [record for record in map(json.loads, lines) if record.get("model") == self.model]
 
     def step(self, step: str, **fields: Any) -> dict[str, Any]:
         record = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
@@ -113,14 +128,25 @@ def wait_ready(client: TorchServeClient, model: str, version: str, want: int, ti
 def place_archive(store: Path, model: str, version: str) -> Path:
     """Make model_store/MODEL.mar the archive of VERSION; its file name is what TorchServe registers."""
     target = store / f"{model}.mar"
-    if target.exists() and read_archive(target).version == version:
+    if target.exists() and _is_archive_of(target, model, version):
         return target
     kept = version_archive(store, model, version)
     if not kept.exists():
         raise RolloutFailed(Exit.USAGE, f"no archive of {model} {version} in {store}: set version: "
                             f'"{version}" in configs/models/{model}.yaml and run `make archive`')
+    if not _is_archive_of(kept, model, version):
+        raise RolloutFailed(Exit.USAGE, f"{kept} is not an archive of {model} {version}: rebuild it with "
+                            "`make archive`")
     keep_version(kept, target)
     return target
+
+
+def _is_archive_of(path: Path, model: str, version: str) -> bool:
+    try:
+        info = read_archive(path)
+    except ValueError:
+        return False
+    return (info.name, info.version) == (model, version)
 
 
 def restore_archive(store: Path, model: str, version: str | None, log: RolloutLog) -> None:
@@ -136,52 +162,102 @@ def restore_archive(store: Path, model: str, version: str | None, log: RolloutLo
 
 def rollout(client: TorchServeClient, store: Path, model: str, version: str, policy: RolloutPolicy,
             log: RolloutLog, ready_timeout: float = 600.0) -> dict[str, Any]:
-    """Register, wait, gate, switch, prune; raise RolloutFailed when a step refuses."""
-    before = _registered_or_none(client, model)
-    if version in before.versions:
-        raise RolloutFailed(Exit.USAGE, f"{model} {version} is registered already (default {before.default}):"
-                            f" to serve it run `tsctl rollback {model} --to {version}`")
+    """Register, wait, gate, switch, prune; raise RolloutFailed when a step refuses.
+
+    Whatever fails (or is interrupted) before the switch, the candidate is unregistered
+    and model_store/MODEL.mar is the default's archive again.
+    """
+    before = _check_candidate(client, model, version)
     golden = read_golden(policy.golden)
     archive = read_archive(place_archive(store, model, version))
     log.step("start", version=version, default=before.default, archive=str(archive.path))
     started = time.monotonic()
     try:
-        log.step("register", version=version, message=client.register(archive.path.name))
-        log.step("ready", version=version, workers=wait_ready(client, model, version, archive.workers[0],
-                                                              ready_timeout))
-    except Exception:
+        verdict = _register_and_gate(client, model, version, archive.workers[0], policy, golden,
+                                     before.default, log, ready_timeout)
+        if not verdict.passed:
+            raise RolloutFailed(Exit.REFUSED, f"the gate refused {model} {version}: "
+                                + "; ".join(verdict.reasons) + f". {before.default} stays the default.")
+        log.step("default", version=version, previous=before.default,
+                 message=client.set_default(model, version))
+    except BaseException:
+        _withdraw(client, model, version, log)
         restore_archive(store, model, before.default, log)
         raise
-    verdict = judge(policy, golden, ask(client, model, version, golden),
-                    ask(client, model, before.default, golden) if policy.compare and before.default else None)
-    log.step("gate", version=version, passed=verdict.passed, **verdict.figures, reasons=verdict.reasons)
-    if not verdict.passed:
-        log.step("unregister", version=version, message=client.unregister(model, version))
-        restore_archive(store, model, before.default, log)
-        raise RolloutFailed(Exit.REFUSED, f"the gate refused {model} {version}: " + "; ".join(verdict.reasons)
-                            + f". {before.default or 'No version'} stays the default.")
-    log.step("default", version=version, previous=before.default, message=client.set_default(model, version))
-    pruned = prune(client, model, policy.keep, log)
+    pruned = prune(client, model, policy.keep, log, also_keep=before.default)
     return log.step("done", version=version, previous=before.default, pruned=pruned,
                     seconds=round(time.monotonic() - started, 1), gate=verdict.figures)
 
 
-def prune(client: TorchServeClient, model: str, keep: int, log: RolloutLog) -> list[str]:
-    """Unregister all but the newest `keep` versions; the default is always kept."""
+def _check_candidate(client: TorchServeClient, model: str, version: str) -> Registered:
+    """The model as registered now; refuse what a rollout cannot do."""
+    if version_key(version)[0] != 0:
+        raise RolloutFailed(Exit.USAGE, f"version {version!r} is not a PEP 440 version, so it cannot be "
+                            'ordered for prune and rollback: use e.g. version: "2.0" or "2.0.1"')
+    try:
+        before = registered(client, model)
+    except NotFound:
+        raise RolloutFailed(Exit.USAGE, f"{model} is not being served, so there is nothing to roll out from: "
+                            f"serve a first version with `tsctl register {model}.mar`") from None
+    if any(version_key(v) == version_key(version) for v in before.versions):
+        raise RolloutFailed(Exit.USAGE, f"{model} {version} is registered already (default {before.default}):"
+                            f" to serve it run `tsctl rollback {model} --to {version}`")
+    return before
+
+
+def _register_and_gate(client: TorchServeClient, model: str, version: str, workers: int,
+                       policy: RolloutPolicy, golden: list[GoldenRequest], default: str | None,
+                       log: RolloutLog, ready_timeout: float) -> Verdict:
+    log.step("register", version=version, message=client.register(f"{model}.mar"))
+    log.step("ready", version=version, workers=wait_ready(client, model, version, workers, ready_timeout))
+    compared = ask(client, model, default, golden) if policy.compare and default else None
+    verdict = judge(policy, golden, ask(client, model, version, golden), compared)
+    log.step("gate", version=version, passed=verdict.passed, **verdict.figures, reasons=verdict.reasons)
+    return verdict
+
+
+def _withdraw(client: TorchServeClient, model: str, version: str, log: RolloutLog) -> None:
+    """Unregister a candidate that did not become the default, if it got registered at all."""
+    try:
+        now = registered(client, model)
+        if version in now.versions and now.default != version:
+            log.step("unregister", version=version, message=client.unregister(model, version))
+    except (TorchServeError, requests.RequestException) as error:
+        log.step("unregister", version=version, warning=f"could not unregister the candidate: {error}")
+
+
+def prune(client: TorchServeClient, model: str, keep: int, log: RolloutLog,
+          also_keep: str | None = None) -> list[str]:
+    """Unregister all but the newest `keep` versions; the default and `also_keep` (the previous
+    default, what rollback returns to) always stay. A failure is logged, not raised: the rollout
+    itself is done by then."""
     now = registered(client, model)
-    newest = set(now.ordered[-keep:]) | {now.default}
-    pruned = [version for version in now.ordered if version not in newest]
-    for version in pruned:
-        log.step("prune", version=version, message=client.unregister(model, version))
+    kept = set(now.ordered[-keep:]) | {now.default, also_keep}
+    pruned = []
+    for version in (v for v in now.ordered if v not in kept):
+        try:
+            log.step("prune", version=version, message=client.unregister(model, version))
+            pruned.append(version)
+        except TorchServeError as error:
+            log.step("prune", version=version, warning=str(error))
     return pruned
+
+
+def rollback_target(now: Registered, log: RolloutLog) -> str | None:
+    """The default before the current one, from the rollout log, if it is still registered;
+    else the newest registered version older than the default."""
+    previous = log.previous_default(now.default)
+    if previous in now.versions:
+        return previous
+    older = [v for v in now.ordered if now.default and version_key(v) < version_key(now.default)]
+    return older[-1] if older else None
 
 
 def rollback(client: TorchServeClient, store: Path, model: str, log: RolloutLog, to: str | None = None,
              ready_timeout: float = 600.0) -> dict[str, Any]:
-    """Make the previous kept version (or `to`) the default again."""
+    """Make the previous default (or `to`) the default again; needs no model API."""
     now = registered(client, model)
-    older = [version for version in now.ordered if version_key(version) < version_key(now.default or "")]
-    target = to or (older[-1] if older else None)
+    target = to or rollback_target(now, log)
     if target is None or target not in now.versions or target == now.default:
         why = f"; {to} is not another registered version" if to else ""
         raise RolloutFailed(Exit.REFUSED, f"nothing to roll back to: {model} has {now.ordered} registered, "
@@ -194,7 +270,8 @@ def rollback(client: TorchServeClient, store: Path, model: str, log: RolloutLog,
         log.step("scale", version=target, message=client.scale(model, target, min_workers=want,
                                                                max_workers=most))
     log.step("ready", version=target, workers=wait_ready(client, model, target, want, ready_timeout))
-    log.step("default", version=target, previous=now.default, message=client.set_default(model, target))
+    log.step("default", version=target, previous=now.default, action="rollback",
+             message=client.set_default(model, target))
     restore_archive(store, model, target, log)
     return log.step("done", version=target, previous=now.default, action="rollback")
 

@@ -9,8 +9,10 @@
     tsctl unregister tabular 1.0
 
 Addresses and the model store come from the TorchServe properties file (--ts-config,
-default ./config.properties); keys from TORCHSERVE_MANAGEMENT_KEY and
-TORCHSERVE_INFERENCE_KEY, else from the key_file.json TorchServe wrote (--key-file).
+default ./config.properties). TorchServe resolves a relative model_store against, and
+writes key_file.json into, the directory it was started from: --server-dir (default:
+here). Keys come from TORCHSERVE_MANAGEMENT_KEY and TORCHSERVE_INFERENCE_KEY, else
+from that key_file.json (or --key-file).
 Output is for people; --json prints one JSON document for scripts. Progress goes
 to stderr. Exit codes: 0 done, 1 refused (gate, nothing to roll back to), 2 usage
 or config, 3 TorchServe error or unreachable, 4 unauthorized, 5 model API off.
@@ -31,7 +33,15 @@ from scripts.client import KeyFile, ModelApiDisabled, TorchServeClient, TorchSer
 from scripts.config_errors import ConfigError
 from scripts.policy import read_policy
 from scripts.properties import read_properties
-from scripts.rollout import Exit, RolloutFailed, RolloutLog, registered, rollback, rollout
+from scripts.rollout import (
+    Exit,
+    RolloutFailed,
+    RolloutLog,
+    registered,
+    rollback,
+    rollback_target,
+    rollout,
+)
 from scripts.tsctl_views import show_status, show_versions
 
 logger = logging.getLogger(__name__)
@@ -48,16 +58,21 @@ MODEL_API_FIX = ("the model API is off (enable_model_api=false, as in configs/pr
 
 def connect(args: argparse.Namespace) -> tuple[TorchServeClient, Path]:
     """A client for the server the properties file describes, and its model store."""
-    properties = read_properties(args.ts_config) if args.ts_config.exists() else {}
-    base = args.ts_config.parent
-    store = Path(properties.get("model_store", "model_store"))
+    if not args.ts_config.is_file():
+        raise FileNotFoundError(f"no TorchServe properties file at {args.ts_config}: pass --ts-config "
+                                "with the file TorchServe was started with")
+    properties = read_properties(args.ts_config)
+    store = args.server_dir / properties.get("model_store", "model_store")
+    if not store.is_dir():
+        raise FileNotFoundError(f"no model store at {store}: pass --server-dir, the directory TorchServe "
+                                "was started from")
     client = TorchServeClient(
         properties.get("inference_address", "http://127.0.0.1:8080"),
         properties.get("management_address", "http://127.0.0.1:8081"),
-        KeyFile.resolve(args.key_file or base / "key_file.json"), timeout=args.timeout,
+        KeyFile.resolve(args.key_file or args.server_dir / "key_file.json"), timeout=args.timeout,
         metrics_url=properties.get("metrics_address", "http://127.0.0.1:8082"),
     )
-    return client, store if store.is_absolute() else Path.cwd() / store
+    return client, store.resolve()
 
 
 def run(args: argparse.Namespace) -> Any:
@@ -68,7 +83,8 @@ def run(args: argparse.Namespace) -> Any:
             return {model["modelName"]: registered(client, model["modelName"]).__dict__
                     for model in client.list_models() if args.model in (None, model["modelName"])}
         if args.command == "versions":
-            return registered(client, args.model).__dict__
+            now = registered(client, args.model)
+            return {**now.__dict__, "rollback_to": rollback_target(now, log)}
         if args.command == "register":
             return {"message": client.register(Path(args.archive).name)}
         if args.command == "scale":
@@ -87,7 +103,9 @@ def failure(error: Exception, args: argparse.Namespace) -> tuple[Exit, str]:
     if isinstance(error, RolloutFailed):
         return error.code, str(error)
     if isinstance(error, Unauthorized):
-        return Exit.UNAUTHORIZED, f"{error}\n  fix: {UNAUTHORIZED_FIX}"
+        tried = args.key_file or args.server_dir / "key_file.json"
+        return Exit.UNAUTHORIZED, (f"{error}\n  keys tried: {tried} and the environment\n"
+                                   f"  fix: {UNAUTHORIZED_FIX}")
     if isinstance(error, ModelApiDisabled):
         return Exit.MODEL_API_OFF, f"{error}\n  fix: {MODEL_API_FIX}"
     if isinstance(error, TorchServeError):
@@ -95,6 +113,8 @@ def failure(error: Exception, args: argparse.Namespace) -> tuple[Exit, str]:
     if isinstance(error, requests.ConnectionError):
         return Exit.SERVER, (f"cannot reach TorchServe ({error.request.url if error.request else ''}): is it "
                              f"running, and does {args.ts_config} give its addresses?")
+    if isinstance(error, requests.RequestException):
+        return Exit.SERVER, f"TorchServe did not answer in time or broke the connection: {error}"
     return Exit.USAGE, str(error)
 
 
@@ -116,7 +136,9 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="tsctl", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("--ts-config", type=Path, default=Path("config.properties"))
-    top.add_argument("--key-file", type=Path, help="default: key_file.json beside --ts-config")
+    top.add_argument("--server-dir", type=Path, default=Path("."),
+                     help="the directory TorchServe was started from (default: here)")
+    top.add_argument("--key-file", type=Path, help="default: key_file.json in --server-dir")
     top.add_argument("--json", action="store_true", help="one JSON document on stdout")
     top.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP call (not registration)")
     top.add_argument("--log", type=Path, default=Path("logs/rollout.jsonl"), help="rollout log (JSON lines)")
@@ -147,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         show(args, run(args))
-    except (RolloutFailed, TorchServeError, requests.RequestException, ConfigError, ValueError) as error:
+    except (RolloutFailed, TorchServeError, requests.RequestException, ConfigError, ValueError,
+            OSError) as error:
         code, message = failure(error, args)
         if args.json:
             print(json.dumps({"error": message, "exit_code": int(code)}))

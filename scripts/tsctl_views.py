@@ -39,6 +39,5 @@ def show_status(models: dict[str, dict[str, Any]]) -> None:
 
 def show_versions(model: str, state: dict[str, Any]) -> None:
     print(table(HEADER, version_rows(model, state["default"], state["versions"])))
-    older = [v for v in sorted(state["versions"], key=version_key)
-             if state["default"] and version_key(v) < version_key(state["default"])]
-    print(f"\nrollback would make {older[-1]} the default" if older else "\nnothing older to roll back to")
+    target = state.get("rollback_to")
+    print(f"\nrollback would make {target} the default" if target else "\nnothing to roll back to")

@@ -75,7 +75,7 @@ def build_version(tmp_path: Path, store: Path, version: str, swap_labels: bool =
 
 def tsctl(server: LocalServer, *args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "scripts.tsctl",
-               "--ts-config", str(server.workdir / "config.properties"),
+               "--ts-config", str(server.workdir / "config.properties"), "--server-dir", str(server.workdir),
                "--log", str(server.workdir / "rollout.jsonl"), *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
 
@@ -124,11 +124,11 @@ def test_rollout_then_rollback_under_load_drops_no_request(server: LocalServer, 
     log = steps(server)
     assert [s["step"] for s in log] == ["start", "register", "ready", "gate", "default", "done",
                                         "start", "ready", "default", "archive", "done"]
-    switched, rolled_back = when(log[4]), when(log[8])
+    gated, switched, rolled_back = when(log[3]), when(log[4]), when(log[8])
     answered = read_replies(replies)
     assert load.failures == 0 and answered and all(r.status == 200 for r in answered)
-    # which version answered: 1.0 before the switch, 2.0 between, 1.0 after the rollback
-    assert {r.version for r in answered if r.answered < switched} == {"1.0"}
+    # which version answered: 1.0 until the switch, 2.0 between, 1.0 after the rollback
+    assert {r.version for r in answered if r.answered < gated} == {"1.0"}
     assert {r.version for r in answered if switched + 0.05 < r.sent and r.answered < when(log[6])} == {"2.0"}
     assert {r.version for r in answered if r.sent > rolled_back + 0.05} == {"1.0"}
     assert read_archive(store / "tabular.mar").version == "1.0"  # a restart serves the default
@@ -147,6 +147,8 @@ def test_a_bad_version_is_refused_by_the_gate_and_never_serves(server: LocalServ
     assert "below min_accuracy" in refused.stderr and "1.0 stays the default" in refused.stderr
     answered = read_replies(replies)
     assert load.failures == 0 and {(r.status, r.version) for r in answered} == {(200, "1.0")}
+    registered = next(s for s in steps(server) if s["step"] == "register")
+    assert max(r.answered for r in answered) > when(registered)  # the load saw the candidate's lifetime
     gate = next(s for s in steps(server) if s["step"] == "gate")
     assert gate["passed"] is False and float(gate["accuracy"]) < 0.5  # type: ignore[arg-type]
     with server.client() as client:
@@ -163,7 +165,7 @@ def test_without_the_model_api_or_the_key_the_cli_says_what_to_do(tmp_path: Path
         assert json.loads(status.stdout)["tabular"]["default"] == "1.0"
 
         no_key = tsctl(server, "--key-file", str(tmp_path / "missing.json"), "status")
-        assert no_key.returncode == 4 and "key_file.json" in no_key.stderr
+        assert no_key.returncode == 4 and f"keys tried: {tmp_path / 'missing.json'}" in no_key.stderr
 
         off = tsctl(server, "rollout", "tabular", "2.0", "--config", str(config))
         assert off.returncode == 5 and "enable_model_api=true" in off.stderr
@@ -185,6 +187,8 @@ def test_rollouts_keep_the_newest_three_versions_and_never_the_default(server: L
     assert pruned == ["1.0"]  # pruned by the rollout of 4.0; 1.5 stays, being the default
     shown = json.loads(tsctl(server, "--json", "versions", "tabular").stdout)
     assert shown["default"] == "1.5" and sorted(shown["versions"]) == ["1.5", "2.0", "3.0", "4.0"]
-    assert tsctl(server, "rollback", "tabular").returncode == 1  # nothing older than 1.5 is kept
-    assert tsctl(server, "rollback", "tabular", "--to", "4.0").returncode == 0
-    assert read_archive(store / "tabular.mar").version == "4.0"
+    # rollback goes back through the rollouts: 1.5 -> 4.0 (its previous default) -> 3.0
+    assert tsctl(server, "rollback", "tabular").returncode == 0
+    assert tsctl(server, "rollback", "tabular").returncode == 0
+    assert read_archive(store / "tabular.mar").version == "3.0"
+    assert tsctl(server, "rollback", "tabular", "--to", "9.9").returncode == 1  # not registered

@@ -4,6 +4,8 @@ error types and retry policy. The protocol itself runs against a real server in 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from scripts.config_errors import ConfigError
 from scripts.gate import Answer, judge, percentile
 from scripts.golden import GoldenRequest, read_golden
 from scripts.policy import RolloutPolicy, parse_policy
-from scripts.rollout import version_key
+from scripts.rollout import Registered, RolloutLog, rollback_target, version_key
 
 GOLDEN = [GoldenRequest("application/json", b"{}", {"label": "a"}),
           GoldenRequest("application/json", b"{}", {"label": "b"})]
@@ -128,3 +130,23 @@ def test_only_idempotent_calls_are_retried_after_the_server_may_have_seen_them()
     for method in ("POST", "DELETE"):  # register, predict, unregister
         assert not SAFE_RETRIES.is_retry(method, 503)
     assert SAFE_RETRIES.connect and SAFE_RETRIES.connect > 0  # a refused connection never reached it
+
+
+def test_the_cli_starts_without_importing_torch() -> None:
+    probe = "import sys, scripts.tsctl; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_rollback_returns_to_the_previous_default_not_merely_an_older_version(tmp_path: Path) -> None:
+    log = RolloutLog(tmp_path / "rollout.jsonl", "tabular")
+    log.step("default", version="3.0", previous="2.0")
+    log.step("default", version="2.0", previous="3.0", action="rollback")  # 3.0 was bad
+    log.step("default", version="4.0", previous="2.0")
+    now = Registered("4.0", {v: {} for v in ("2.0", "3.0", "4.0")})
+    assert rollback_target(now, log) == "2.0"
+    log.step("default", version="2.0", previous="4.0", action="rollback")
+    assert rollback_target(Registered("2.0", now.versions), log) is None  # 2.0's own rollout is not logged
+    # without a record (another log, or a server started with several versions): the newest older one
+    assert rollback_target(now, RolloutLog(tmp_path / "other.jsonl", "tabular")) == "3.0"
+    assert rollback_target(Registered("2.0", {"2.0": {}}), log) is None

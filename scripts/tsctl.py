@@ -75,6 +75,14 @@ def connect(args: argparse.Namespace) -> tuple[TorchServeClient, Path]:
     return client, store.resolve()
 
 
+def store_file(archive: Path, store: Path) -> str:
+    """The name TorchServe registers `archive` by: it takes only a file name, looked up in its store."""
+    if archive.parent != Path(".") and archive.resolve().parent != store:
+        raise ValueError(f"{archive} is not in the model store {store}: TorchServe registers only files "
+                         "of its store; copy it there first")
+    return archive.name
+
+
 def run(args: argparse.Namespace) -> Any:
     client, store = connect(args)
     log = RolloutLog(args.log, getattr(args, "model", ""))
@@ -86,7 +94,7 @@ def run(args: argparse.Namespace) -> Any:
             now = registered(client, args.model)
             return {**now.__dict__, "rollback_to": rollback_target(now, log)}
         if args.command == "register":
-            return {"message": client.register(Path(args.archive).name)}
+            return {"message": client.register(store_file(Path(args.archive), store))}
         if args.command == "scale":
             return {"message": client.scale(args.model, args.version, min_workers=args.workers,
                                             max_workers=args.max_workers)}

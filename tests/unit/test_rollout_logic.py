@@ -150,3 +150,12 @@ def test_rollback_returns_to_the_previous_default_not_merely_an_older_version(tm
     # without a record (another log, or a server started with several versions): the newest older one
     assert rollback_target(now, RolloutLog(tmp_path / "other.jsonl", "tabular")) == "3.0"
     assert rollback_target(Registered("2.0", {"2.0": {}}), log) is None
+
+
+def test_register_refuses_an_archive_outside_the_store(tmp_path: Path) -> None:
+    from scripts.tsctl import store_file
+
+    store = (tmp_path / "store").resolve()
+    assert store_file(store / "tabular.mar", store) == store_file(Path("tabular.mar"), store) == "tabular.mar"
+    with pytest.raises(ValueError, match="not in the model store"):
+        store_file(tmp_path / "elsewhere" / "tabular.mar", store)

@@ -13,7 +13,6 @@ median steady p50 and their ratio (the target: at most 2). Output in --out.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -26,6 +25,7 @@ from scripts.archive import build_archive
 from scripts.heldout import held_out
 from scripts.local_server import LocalServer
 from scripts.model_config import CONFIG_DIR, load_spec
+from scripts.results import save_results
 from scripts.variants import option_specs
 
 
@@ -103,11 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
     rows = run(args.models, args.repeats, args.requests)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (args.out / "report.md").write_text(report(rows))
-    print(report(rows))
-    print(f"wrote {args.out}/ in {time.monotonic() - started:.0f}s")
+    save_results(args.out, rows, report(rows), started)
     return 0
 
 

@@ -16,7 +16,6 @@ where the overhead is one worker's PSS minus the weights file's size.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from scripts.archive import build_archive
 from scripts.heldout import held_out
 from scripts.local_server import LocalServer
 from scripts.model_config import CONFIG_DIR, load_spec
+from scripts.results import save_results
 from scripts.variants import option_specs
 
 MB = 1e6
@@ -106,11 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
     result = run(args.model, args.workers)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "report.md").write_text(report(result))
-    print(report(result))
-    print(f"wrote {args.out}/ in {time.monotonic() - started:.0f}s")
+    save_results(args.out, result, report(result), started)
     return 0
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from enum import IntEnum
 from pathlib import Path
@@ -34,7 +34,7 @@ from packaging.version import InvalidVersion, Version
 from scripts.client import NotFound, TorchServeClient, TorchServeError, ready_workers
 from scripts.gate import Verdict, ask, judge
 from scripts.golden import GoldenRequest, read_golden
-from scripts.mar import read_archive
+from scripts.mar import ArchiveInfo, read_archive
 from scripts.policy import RolloutPolicy
 from scripts.store import keep_version, version_archive
 
@@ -125,28 +125,31 @@ def wait_ready(client: TorchServeClient, model: str, version: str, want: int, ti
         time.sleep(0.5)
 
 
-def place_archive(store: Path, model: str, version: str) -> Path:
+def place_archive(store: Path, model: str, version: str) -> ArchiveInfo:
     """Make model_store/MODEL.mar the archive of VERSION; its file name is what TorchServe registers."""
     target = store / f"{model}.mar"
-    if target.exists() and _is_archive_of(target, model, version):
-        return target
+    placed = _archive_of(target, model, version)
+    if placed is not None:
+        return placed
     kept = version_archive(store, model, version)
     if not kept.exists():
         raise RolloutFailed(Exit.USAGE, f"no archive of {model} {version} in {store}: set version: "
                             f'"{version}" in configs/models/{model}.yaml and run `make archive`')
-    if not _is_archive_of(kept, model, version):
+    found = _archive_of(kept, model, version)
+    if found is None:
         raise RolloutFailed(Exit.USAGE, f"{kept} is not an archive of {model} {version}: rebuild it with "
                             "`make archive`")
     keep_version(kept, target)
-    return target
+    return replace(found, path=target)
 
 
-def _is_archive_of(path: Path, model: str, version: str) -> bool:
+def _archive_of(path: Path, model: str, version: str) -> ArchiveInfo | None:
+    """What `path` holds, if it is an archive of this model and version."""
     try:
         info = read_archive(path)
     except ValueError:
-        return False
-    return (info.name, info.version) == (model, version)
+        return None
+    return info if (info.name, info.version) == (model, version) else None
 
 
 def restore_archive(store: Path, model: str, version: str | None, log: RolloutLog) -> None:
@@ -154,7 +157,7 @@ def restore_archive(store: Path, model: str, version: str | None, log: RolloutLo
     if version is None:
         return
     try:
-        log.step("archive", version=version, path=str(place_archive(store, model, version)))
+        log.step("archive", version=version, path=str(place_archive(store, model, version).path))
     except RolloutFailed:
         log.step("archive", version=version, warning=f"no kept archive of {version}: {store}/{model}.mar "
                  "is another version, and a restarted TorchServe would serve that one")
@@ -169,7 +172,7 @@ def rollout(client: TorchServeClient, store: Path, model: str, version: str, pol
     """
     before = _check_candidate(client, model, version)
     golden = read_golden(policy.golden)
-    archive = read_archive(place_archive(store, model, version))
+    archive = place_archive(store, model, version)
     log.step("start", version=version, default=before.default, archive=str(archive.path))
     started = time.monotonic()
     try:

@@ -42,24 +42,24 @@ $(VENV)/.installed: pyproject.toml | java
 	$(PY) -m pip install --progress-bar on --upgrade pip setuptools
 	$(PY) -m pip install --progress-bar on "torch==2.13.0"
 	$(PY) -m pip install --progress-bar on -e ".[dev,bench]"
-	$(PY) -m scripts.install_launcher
-	$(PY) -m scripts.grpc_stubs
+	$(PY) -m scripts.serve.launcher
+	$(PY) -m scripts.client.grpc_stubs
 	touch $@
 
 java:
-	@scripts/check_java.sh
+	@scripts/serve/check_java.sh
 
 models: install
-	$(PY) -m scripts.build_models
+	$(PY) -m scripts.build.models
 
 archive: models
-	$(PY) -m scripts.archive $(MODEL_CONFIGS)
+	$(PY) -m scripts.build.archive $(MODEL_CONFIGS)
 
 serve: archive
-	$(PY) -m scripts.serve start --ts-config $(TS_CONFIG)
+	$(PY) -m scripts.serve.server start --ts-config $(TS_CONFIG)
 
 stop: install
-	$(PY) -m scripts.serve stop
+	$(PY) -m scripts.serve.server stop
 
 # The operator CLI (`tsctl --help`); these read ./config.properties and ./key_file.json.
 status: install
@@ -79,23 +79,23 @@ test-unit: models
 	$(PY) -m pytest tests/unit
 
 bench: models
-	$(PY) -m scripts.bench --model $(MODEL) $(BENCH_ARGS)
+	$(PY) -m scripts.measure.bench --model $(MODEL) $(BENCH_ARGS)
 
 tune: models
-	$(PY) -m scripts.tune --model $(MODEL) --p99-budget-ms $(P99_MS) $(TUNE_ARGS)
+	$(PY) -m scripts.measure.tune --model $(MODEL) --p99-budget-ms $(P99_MS) $(TUNE_ARGS)
 
 bench-check: models
-	$(PY) -m scripts.bench_check
+	$(PY) -m scripts.measure.bench_check
 
 bench-options: models
-	$(PY) -m scripts.bench --model $(MODEL) --variants ours limit --concurrency 32 --options $(OPTIONS) \
+	$(PY) -m scripts.measure.bench --model $(MODEL) --variants ours limit --concurrency 32 --options $(OPTIONS) \
 		--out results/options $(BENCH_ARGS)
 
 coldstart: models
-	$(PY) -m scripts.coldstart
+	$(PY) -m scripts.measure.coldstart
 
 memory: models
-	$(PY) -m scripts.memory --model $(MODEL)
+	$(PY) -m scripts.measure.memory --model $(MODEL)
 
 lint: install
 	$(PY) -m ruff check handlers scripts tests

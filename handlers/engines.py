@@ -53,7 +53,7 @@ class OnnxEngine:
 
         if not path.is_file():
             raise FileNotFoundError(f"{path.name} is not in the model archive; backend: onnx needs the "
-                                    "export that `make archive` (scripts/archive.py) writes")
+                                    "export that `make archive` (scripts/build/archive.py) writes")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from scripts import datasets
-from scripts.build_models import digit_png
+from scripts.build import datasets
+from scripts.build.models import digit_png
 from scripts.harness import FormField, RawRequest
 from tests.helpers import SENTENCES, reference_digits, reference_tabular
 

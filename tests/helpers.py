@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from handlers.architectures import DigitsCNN, TabularMLP
-from scripts.build_models import digit_png
+from scripts.build.models import digit_png
 
 
 def reference_tabular(rows: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """A real TorchServe (Java frontend, Python workers) on free loopback ports, for the session.
 
 It serves the archives `make archive` put in model_store/ from its own working
-directory (see scripts/local_server.py) and is stopped afterwards even when
+directory (see scripts/serve/local.py) and is stopped afterwards even when
 tests fail.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.local_server import LocalServer
+from scripts.serve.local import LocalServer
 
 MODELS = ("tabular", "digits", "minilm")
 FIGURES: dict[str, str] = {}  # measured figures, printed at the end of the run

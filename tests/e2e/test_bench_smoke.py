@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts import bench, tune
+from scripts.measure import bench, tune
 
 pytestmark = pytest.mark.e2e
 

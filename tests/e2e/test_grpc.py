@@ -1,4 +1,4 @@
-"""End to end over gRPC: the inference API through scripts/grpc_client.py, against the HTTP answers."""
+"""End to end over gRPC: the inference API through scripts/client/grpc_client.py, against the HTTP answers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from scripts.grpc_client import GrpcError, GrpcInferenceClient, load_stubs
+from scripts.client.grpc_client import GrpcError, GrpcInferenceClient, load_stubs
 from tests.e2e.conftest import Server
 
 pytestmark = pytest.mark.e2e

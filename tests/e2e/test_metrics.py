@@ -12,8 +12,8 @@ import pytest
 import requests
 import torch
 
-from scripts import datasets
-from scripts.prometheus import Sample, histogram_mean, scrape, total
+from scripts.build import datasets
+from scripts.client.prometheus import Sample, histogram_mean, scrape, total
 from tests.e2e.conftest import FIGURES, Server
 
 pytestmark = pytest.mark.e2e

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts.client import TorchServeClient
-from scripts.local_server import write_properties
-from scripts.serve import torchserve_command, wait_until_ready
+from scripts.client.rest import TorchServeClient
+from scripts.serve.local import write_properties
+from scripts.serve.server import torchserve_command, wait_until_ready
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import requests
 
-from scripts import datasets
-from scripts.prometheus import histogram_mean, scrape
+from scripts.build import datasets
+from scripts.client.prometheus import histogram_mean, scrape
 from tests.battery import Bad, Call, Good, bad_calls, check_bad, check_good, good_calls
 from tests.e2e.conftest import FIGURES, MODELS, Server
 from tests.helpers import SENTENCES, reference_tabular, sentence_transformers_embeddings

@@ -2,7 +2,7 @@
 
 Each test gets its own server and a private copy of the model store (a rollout
 rewrites model_store/NAME.mar), builds the new version with the real archive step,
-and drives the real CLI (`python -m scripts.tsctl`) while locust keeps
+and drives the real CLI (`python -m scripts.operate.tsctl`) while locust keeps
 /predictions/tabular busy and records which version answered every request.
 """
 
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from scripts import archive
-from scripts import store as layout
-from scripts.loadgen import LoadResult, run_load, workload
-from scripts.local_server import LocalServer
-from scripts.mar import read_archive
+from scripts.build import archive
+from scripts.build import store as layout
+from scripts.build.store import read_archive
+from scripts.measure.loadgen import LoadResult, run_load, workload
+from scripts.serve.local import LocalServer
 
 pytestmark = pytest.mark.e2e
 TABULAR_YAML = Path("configs/models/tabular.yaml")
@@ -74,7 +74,7 @@ def build_version(tmp_path: Path, store: Path, version: str, swap_labels: bool =
 
 
 def tsctl(server: LocalServer, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "scripts.tsctl",
+    command = [sys.executable, "-m", "scripts.operate.tsctl",
                "--ts-config", str(server.workdir / "config.properties"), "--server-dir", str(server.workdir),
                "--log", str(server.workdir / "rollout.jsonl"), *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)

@@ -12,8 +12,8 @@ import pytest
 import requests
 import yaml
 
-from scripts import datasets
-from scripts.build_models import digit_png
+from scripts.build import datasets
+from scripts.build.models import digit_png
 from tests.e2e.conftest import FIGURES, MODELS, Server
 from tests.helpers import (
     SENTENCES,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from scripts.bench import median_result, ratios
-from scripts.bench_check import regressions
-from scripts.loadgen import LoadResult
-from scripts.tune import best, recommendation_yaml
+from scripts.measure.bench import median_result, ratios
+from scripts.measure.bench_check import regressions
+from scripts.measure.loadgen import LoadResult
+from scripts.measure.tune import best, recommendation_yaml
 
 
 def result(throughput: float, p99: float = 10.0, batch: float | None = None) -> LoadResult:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts import datasets
-from scripts.build_models import digit_png
+from scripts.build import datasets
+from scripts.build.models import digit_png
 from scripts.harness import LocalModel, RawRequest
 from tests.helpers import reference_digits
 

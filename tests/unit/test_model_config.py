@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts import archive
-from scripts.model_config import ConfigError, load_spec
+from scripts.build import archive
+from scripts.config.model import ConfigError, load_spec
 
 GOOD = yaml.safe_load(Path("configs/models/tabular.yaml").read_text())
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts import archive
+from scripts.build import archive
 from scripts.harness import LocalModel, RawRequest
 
 

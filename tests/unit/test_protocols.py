@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scripts import archive, harness
+from scripts import harness
+from scripts.build import archive
 from scripts.harness import FormField, LocalModel, RawRequest
 from tests.battery import MODELS, Bad, bad_calls, check_bad, check_good, good_calls, oip
 from tests.helpers import SENTENCES, sentence_transformers_embeddings

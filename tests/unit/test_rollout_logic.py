@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from scripts.client import (
+from scripts.client.rest import (
     SAFE_RETRIES,
     Conflict,
     KeyFile,
@@ -19,11 +19,11 @@ from scripts.client import (
     TorchServeError,
     Unauthorized,
 )
-from scripts.config_errors import ConfigError
-from scripts.gate import Answer, judge, percentile
-from scripts.golden import GoldenRequest, read_golden
-from scripts.policy import RolloutPolicy, parse_policy
-from scripts.rollout import Registered, RolloutLog, rollback_target, version_key
+from scripts.config.files import ConfigError
+from scripts.operate.gate import Answer, judge, percentile
+from scripts.operate.golden import GoldenRequest, read_golden
+from scripts.operate.policy import RolloutPolicy, parse_policy
+from scripts.operate.rollout import Registered, RolloutLog, rollback_target, version_key
 
 GOLDEN = [GoldenRequest("application/json", b"{}", {"label": "a"}),
           GoldenRequest("application/json", b"{}", {"label": "b"})]
@@ -133,7 +133,7 @@ def test_only_idempotent_calls_are_retried_after_the_server_may_have_seen_them()
 
 
 def test_the_cli_starts_without_importing_torch() -> None:
-    probe = "import sys, scripts.tsctl; print('torch' in sys.modules)"
+    probe = "import sys, scripts.operate.tsctl; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
@@ -153,7 +153,7 @@ def test_rollback_returns_to_the_previous_default_not_merely_an_older_version(tm
 
 
 def test_register_refuses_an_archive_outside_the_store(tmp_path: Path) -> None:
-    from scripts.tsctl import store_file
+    from scripts.operate.tsctl import store_file
 
     store = (tmp_path / "store").resolve()
     assert store_file(store / "tabular.mar", store) == store_file(Path("tabular.mar"), store) == "tabular.mar"

@@ -15,7 +15,7 @@ from handlers.options import OptionsError, parse_options
 from handlers.runtime import batch_sizes, length_buckets, to_device, worker_threads
 from handlers.tabular import TabularHandler
 from handlers.weights import mapped_safetensors
-from scripts import datasets
+from scripts.build import datasets
 from scripts.harness import LocalModel
 from tests.fixtures.handlers import EchoHandler
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scripts import datasets
+from scripts.build import datasets
 from scripts.harness import LocalModel, RawRequest
 from tests.helpers import reference_tabular
 

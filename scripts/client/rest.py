@@ -1,0 +1,257 @@
+"""A client for TorchServe's inference, management and metrics APIs, built on one requests.Session.
+
+    with TorchServeClient(keys=KeyFile.resolve(Path("key_file.json"))) as client:
+        client.register("tabular.mar")                 # synchronous: returns once workers are up
+        client.predict("tabular", body, "application/json", version="2.0")
+        client.set_default("tabular", "2.0")
+
+- Every call has an explicit timeout (`timeout=` per call, else the client's).
+- A non-2xx answer raises `TorchServeError` (a subclass per status that callers act
+  on: a refused token, 403, 404, 405, 409) carrying the status, the URL and the server's message.
+- Retries with backoff only where repeating is harmless: connection failures
+  (the request never reached the server) for every call; read failures and
+  502/503/504 only for GET and PUT, which are idempotent here (describe, list,
+  metrics, scale, set-default). Registering, unregistering and predicting are
+  never re-sent once the server may have seen them.
+- Token authorization: `KeyFile.resolve` takes the keys from the environment
+  (TORCHSERVE_INFERENCE_KEY, TORCHSERVE_MANAGEMENT_KEY) or from the server's
+  key_file.json; a 401 re-reads that file once, since TorchServe rotates keys
+  (`token_expiration_min`, `/token?type=...`). TorchServe answers a bad token with
+  400 "Token Authorization failed"; that raises `Unauthorized` too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from scripts.client.prometheus import Sample, parse_samples
+
+INFERENCE_KEY_ENV = "TORCHSERVE_INFERENCE_KEY"
+MANAGEMENT_KEY_ENV = "TORCHSERVE_MANAGEMENT_KEY"
+SAFE_RETRIES = Retry(
+    total=4, connect=4, read=2, status=2, other=0, backoff_factor=0.25, status_forcelist=(502, 503, 504),
+    allowed_methods=frozenset({"GET", "PUT"}), raise_on_status=False,
+)
+
+
+class TorchServeError(RuntimeError):
+    """A non-2xx answer: `status`, `url` and the server's `message`."""
+
+    def __init__(self, status: int, reason: str, url: str, message: str) -> None:
+        super().__init__(f"{status} {reason} from {url}: {message}")
+        self.status, self.reason, self.url, self.message = status, reason, url, message
+
+    @classmethod
+    def from_response(cls, response: requests.Response) -> TorchServeError:
+        try:
+            answer = response.json()
+            message = answer.get("message", response.text) if isinstance(answer, dict) else response.text
+        except ValueError:
+            message = response.text
+        kind = Unauthorized if is_auth_failure(response) else ERRORS_BY_STATUS.get(response.status_code, cls)
+        return kind(response.status_code, response.reason or "", response.url, str(message).strip())
+
+
+class Unauthorized(TorchServeError):
+    """Token authorization is on and the key is missing, wrong or expired (TorchServe says 400)."""
+
+
+class Forbidden(TorchServeError):
+    """403: e.g. unregistering the default version while others exist."""
+
+
+class NotFound(TorchServeError):
+    """404: no such model or version."""
+
+
+class ModelApiDisabled(TorchServeError):
+    """405 on register/unregister: the server runs with enable_model_api=false."""
+
+
+class Conflict(TorchServeError):
+    """409: e.g. this version is registered already."""
+
+
+ERRORS_BY_STATUS: dict[int, type[TorchServeError]] = {
+    401: Unauthorized, 403: Forbidden, 404: NotFound, 405: ModelApiDisabled, 409: Conflict,
+}
+
+
+def is_auth_failure(response: requests.Response) -> bool:
+    """TorchServe 0.12 refuses a missing or wrong token with 400 "Token Authorization failed"."""
+    return response.status_code == 401 or (
+        response.status_code == 400 and "Token Authorization failed" in response.text)
+
+
+@dataclass(frozen=True)
+class KeyFile:
+    """The tokens for the inference and management APIs, and the key file they came from."""
+
+    inference: str | None = None
+    management: str | None = None
+    source: Path | None = None
+
+    @classmethod
+    def read(cls, path: Path) -> KeyFile:
+        """The keys in TorchServe's key_file.json; no keys when the file is absent (auth off)."""
+        if not path.exists():
+            return cls(source=path)
+        try:
+            keys = json.loads(path.read_text())
+            return cls(keys["inference"]["key"], keys["management"]["key"], path)
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path} is not a TorchServe key file ({error!r}); TorchServe rewrites it "
+                             "at start: do not edit it") from None
+
+    @classmethod
+    def resolve(cls, path: Path, environ: Mapping[str, str] = os.environ) -> KeyFile:
+        """Keys from the environment where set, else from `path` (what the CLI and scripts use)."""
+        from_file = cls.read(path)
+        return replace(from_file, inference=environ.get(INFERENCE_KEY_ENV) or from_file.inference,
+                       management=environ.get(MANAGEMENT_KEY_ENV) or from_file.management)
+
+
+class TorchServeClient:
+    """One method per endpoint; use as a context manager to close the session."""
+
+    def __init__(
+        self,
+        inference_url: str = "http://127.0.0.1:8080",
+        management_url: str = "http://127.0.0.1:8081",
+        keys: KeyFile | None = None,
+        timeout: float = 30.0,
+        metrics_url: str = "http://127.0.0.1:8082",
+        retries: Retry = SAFE_RETRIES,
+    ) -> None:
+        self.inference_url = inference_url.rstrip("/")
+        self.management_url = management_url.rstrip("/")
+        self.metrics_url = metrics_url.rstrip("/")
+        self.keys = keys or KeyFile()
+        self.timeout = timeout
+        self.session = requests.Session()
+        adapter = HTTPAdapter(max_retries=retries, pool_maxsize=32)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def __enter__(self) -> TorchServeClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.session.close()
+
+    # ---- inference API -----------------------------------------------------------------
+    def ping(self) -> dict[str, Any]:
+        return self._inference("GET", "/ping").json()
+
+    def predict(
+        self, model: str, body: bytes | str, content_type: str, version: str | None = None,
+        check: bool = True, timeout: float | None = None,
+    ) -> requests.Response:
+        """POST one request; with check=False a 4xx/5xx is returned rather than raised."""
+        return self._inference("POST", _model_path("/predictions", model, version), data=body,
+                               headers={"Content-Type": content_type}, check=check, timeout=timeout)
+
+    # ---- management API ----------------------------------------------------------------
+    def list_models(self) -> list[dict[str, Any]]:
+        return list(self._management("GET", "/models", params={"limit": 1000}).json().get("models", []))
+
+    def describe(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
+        """One entry per version (`version="all"` for every version; None for the default)."""
+        return list(self._management("GET", _model_path("/models", model, version)).json())
+
+    def register(self, url: str, *, model_name: str | None = None, initial_workers: int | None = None,
+                 synchronous: bool = True, timeout: float = 600.0) -> str:
+        """Register an archive of the model store; batch size, delay and workers come from the
+        archive's model-config. Synchronous: returns once its workers have started."""
+        params = {"url": url, "model_name": model_name, "initial_workers": initial_workers,
+                  "synchronous": str(synchronous).lower()}
+        return _message(self._management("POST", "/models", params=_present(params), timeout=timeout))
+
+    def scale(self, model: str, version: str | None = None, *, min_workers: int,
+              max_workers: int | None = None, synchronous: bool = True, timeout: float = 600.0) -> str:
+        params = {"min_worker": min_workers, "max_worker": max_workers or min_workers,
+                  "synchronous": str(synchronous).lower()}
+        return _message(self._management("PUT", _model_path("/models", model, version),
+                                         params=params, timeout=timeout))
+
+    def set_default(self, model: str, version: str) -> str:
+        return _message(self._management("PUT", f"/models/{model}/{version}/set-default"))
+
+    def unregister(self, model: str, version: str | None = None, timeout: float = 120.0) -> str:
+        return _message(self._management("DELETE", _model_path("/models", model, version),
+                                         timeout=timeout))
+
+    # ---- metrics API -------------------------------------------------------------------
+    def metrics(self, names: tuple[str, ...] = ()) -> list[Sample]:
+        """Every sample the server exports now, or only the metric families in `names`."""
+        params = [("name[]", name) for name in names]
+        text = self._request("GET", self.metrics_url + "/metrics", None, params=params).text
+        return parse_samples(text)
+
+    # ---- the one place requests are sent ---------------------------------------------------
+    def _inference(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        return self._request(method, self.inference_url + path, "inference", **kwargs)
+
+    def _management(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        return self._request(method, self.management_url + path, "management", **kwargs)
+
+    def _request(self, method: str, url: str, api: str | None, check: bool = True,
+                 timeout: float | None = None, **kwargs: Any) -> requests.Response:
+        response = self._send(method, url, api, timeout, kwargs)
+        if api and is_auth_failure(response) and self._reload_keys():
+            response = self._send(method, url, api, timeout, kwargs)  # the key was rotated
+        if check and not response.ok:
+            raise TorchServeError.from_response(response)
+        return response
+
+    def _send(self, method: str, url: str, api: str | None, timeout: float | None,
+              kwargs: dict[str, Any]) -> requests.Response:
+        headers = dict(kwargs.get("headers", {}))
+        token = getattr(self.keys, api) if api else None
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return self.session.request(method, url, **{**kwargs, "headers": headers},
+                                    timeout=timeout or self.timeout)
+
+    def _reload_keys(self) -> bool:
+        """Re-read the key file after a 401; True when it now holds different keys."""
+        if self.keys.source is None:
+            return False
+        fresh = KeyFile.resolve(self.keys.source)
+        changed = fresh != self.keys
+        self.keys = fresh
+        return changed
+
+
+def _model_path(prefix: str, model: str, version: str | None) -> str:
+    return f"{prefix}/{model}" + (f"/{version}" if version else "")
+
+
+def _present(params: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in params.items() if value is not None}
+
+
+def _message(response: requests.Response) -> str:
+    """The `status` text TorchServe's management API answers with."""
+    try:
+        answer = response.json()
+    except ValueError:
+        return response.text.strip()
+    return str(answer.get("status", answer)) if isinstance(answer, dict) else str(answer)
+
+
+def ready_workers(description: list[dict[str, Any]]) -> int:
+    """How many workers of the described model versions are READY."""
+    return sum(
+        1 for version in description for worker in version.get("workers", [])
+        if worker.get("status") == "READY"
+    )

@@ -1,0 +1,1 @@
+"""Configuration files: one YAML per model (checked before anything is written) and TorchServe properties."""

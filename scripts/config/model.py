@@ -1,0 +1,227 @@
+"""One model's YAML in configs/models/, parsed once into a frozen dataclass and checked.
+
+    name: tabular                  # the model's URL name: /predictions/tabular
+    version: "1.0"                 # a string: quote it
+    handler: handlers/tabular.py   # a module of the handlers/ package
+    files:                         # packed at the archive root (weights, tokenizer, ...)
+      - build/weights/tabular/tabular.safetensors
+    example:                       # what `make serve` prints as a curl line
+      content_type: application/json
+      file: build/examples/tabular.json
+    rollout:                       # the gate `tsctl rollout` applies (scripts/operate/policy.py)
+      golden: configs/golden/tabular.jsonl
+      min_accuracy: 0.95
+      p95_ms: 250
+    model_config:                  # written as the archive's TorchServe model-config
+      batchSize: 8
+      maxBatchDelay: 20
+      minWorkers: 1
+      maxWorkers: 1
+      responseTimeout: 30
+      startupTimeout: 120
+      deviceType: gpu              # GPU when present, else CPU
+      handler:                     # the handler's own options (its `Options` dataclass)
+        class_names: [malignant, benign]
+
+Every problem raises `ConfigError` with the file, the key and the fix, in one line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import yaml
+
+from handlers.base import ModelHandler
+from handlers.options import OptionsError, parse_options
+from scripts.config.files import ConfigError
+from scripts.operate.policy import RolloutPolicy, parse_policy
+
+CONFIG_DIR = Path("configs/models")  # one YAML per model, relative to the repository root
+METRICS_CONFIG = Path("configs/metrics.yaml")  # the metrics the servers export (metrics_config=)
+
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+VERSION_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
+TOP_LEVEL_KEYS = {"name", "version", "handler", "files", "example", "model_config", "rollout"}
+REQUIRED_KEYS = ("name", "version", "handler", "files", "model_config")
+# TorchServe model-config keys we check the type of (positive integers unless noted).
+COUNT_KEYS = {"batchSize": 1, "maxBatchDelay": 0, "minWorkers": 1, "maxWorkers": 1,
+              "responseTimeout": 1, "startupTimeout": 1}
+DEVICE_TYPES = ("cpu", "gpu")
+# Other keys TorchServe's model-config understands; passed through unchecked.
+PASS_THROUGH_KEYS = {"parallelType", "parallelLevel", "deviceIds", "jobQueueSize", "useJobTicket",
+                     "continuousBatching", "maxSequenceJobQueueSize", "sequenceMaxIdleMSec",
+                     "useVenv", "torchrun", "handler"}
+
+
+# Names at the archive root that the archive step itself writes.
+RESERVED_NAMES = {"handlers", "model-config.yaml", "MAR-INF"}
+
+
+@dataclass(frozen=True)
+class Example:
+    content_type: str
+    file: Path | None = None
+    data: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A checked model config; paths are relative to the repository root."""
+
+    source: Path
+    name: str
+    version: str
+    handler: Path
+    files: tuple[Path, ...]
+    model_config: Mapping[str, Any]
+    example: Example | None
+    rollout: RolloutPolicy | None = None
+
+
+def load_spec(path: Path, root: Path = Path(".")) -> ModelSpec:
+    """Read and check `path`; raise ConfigError on the first problem."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(path, "-", f"not valid YAML ({error})", "fix the YAML syntax") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "-", "expected a mapping at the top", "see configs/models/*.yaml")
+    _check_keys(path, raw)
+    name = _pattern(path, raw, "name", NAME_PATTERN, "letters, digits, '_' or '-', e.g. name: tabular")
+    version = _pattern(path, raw, "version", VERSION_PATTERN, 'a quoted string, e.g. version: "1.0"')
+    handler = _handler_path(path, raw, root)
+    files = _files(path, raw.get("files"), root, reserved={handler.name})
+    model_config = _model_config(path, raw["model_config"], handler, files)
+    example = _example(path, raw.get("example"))
+    rollout = parse_policy(path, raw.get("rollout"), root)
+    return ModelSpec(path, name, version, handler, files, model_config, example, rollout)
+
+
+def handler_class(handler: Path) -> type[ModelHandler]:
+    """The one ModelHandler subclass defined in `handlers/NAME.py`."""
+    return find_handler_class(importlib.import_module(".".join(handler.with_suffix("").parts)), handler)
+
+
+def find_handler_class(module: ModuleType, handler: Path) -> type[ModelHandler]:
+    """The one ModelHandler subclass `module` defines (TorchServe loads exactly that one)."""
+    found = [
+        value for value in vars(module).values()
+        if isinstance(value, type) and issubclass(value, ModelHandler)
+        and value.__module__ == module.__name__ and value is not ModelHandler
+    ]
+    if len(found) != 1:
+        raise ValueError(f"{handler} must define exactly one ModelHandler subclass, found {len(found)}")
+    return found[0]
+
+
+def _check_keys(path: Path, raw: dict[str, Any]) -> None:
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            raise ConfigError(path, str(key), "unknown key",
+                              f"remove it or use one of {sorted(TOP_LEVEL_KEYS)}")
+    for key in REQUIRED_KEYS:
+        if key not in raw:
+            raise ConfigError(path, key, "missing", "add it (see the docstring of scripts/config/model.py)")
+
+
+def _pattern(path: Path, raw: dict[str, Any], key: str, pattern: re.Pattern[str], fix: str) -> str:
+    value = raw[key]
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise ConfigError(path, key, f"invalid value {value!r}", f"write {fix}")
+    return value
+
+
+def _handler_path(path: Path, raw: dict[str, Any], root: Path) -> Path:
+    value = raw["handler"]
+    handler = Path(str(value))
+    if handler.parts[:1] != ("handlers",) or handler.suffix != ".py" or len(handler.parts) != 2:
+        raise ConfigError(path, "handler", f"{value!r} is not a module of the handlers/ package",
+                          "write e.g. handler: handlers/tabular.py")
+    if not (root / handler).is_file():
+        raise ConfigError(path, "handler", f"file {handler} does not exist",
+                          "point it at an existing handlers/*.py module")
+    return handler
+
+
+def _files(path: Path, value: Any, root: Path, reserved: set[str]) -> tuple[Path, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(path, "files", f"expected a list of paths, got {value!r}",
+                          "write files: [build/weights/NAME/NAME.safetensors]")
+    files = tuple(Path(item) for item in value)
+    for file in files:
+        if not (root / file).is_file():
+            raise ConfigError(path, "files", f"file {file} does not exist",
+                              "run `make models` to build it, or correct the path")
+    names = [file.name for file in files]
+    duplicate = next((name for name in names if names.count(name) > 1), None)
+    if duplicate:
+        raise ConfigError(path, "files", f"two files would land at the archive root as {duplicate}",
+                          "give every file a distinct name")
+    clash = sorted(set(names) & (reserved | RESERVED_NAMES))
+    if clash:
+        raise ConfigError(path, "files", f"{clash[0]} would replace a file the archive needs",
+                          "rename that file")
+    return files
+
+
+def _model_config(path: Path, value: Any, handler: Path, files: tuple[Path, ...]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(path, "model_config", "expected a mapping", "see configs/models/*.yaml")
+    for key, item in value.items():
+        where = f"model_config.{key}"
+        if key in COUNT_KEYS:
+            low = COUNT_KEYS[key]
+            if isinstance(item, bool) or not isinstance(item, int) or item < low:
+                raise ConfigError(path, where, f"expected an integer >= {low}, got {item!r}",
+                                  f"write e.g. {key}: {max(low, 1)}")
+        elif key == "deviceType":
+            if item not in DEVICE_TYPES:
+                raise ConfigError(path, where, f"expected one of {list(DEVICE_TYPES)}, got {item!r}",
+                                  "write deviceType: gpu (GPU when present, else CPU) or cpu")
+        elif key not in PASS_THROUGH_KEYS:
+            known = sorted(set(COUNT_KEYS) | {"deviceType"} | PASS_THROUGH_KEYS)
+            raise ConfigError(path, where, "not a TorchServe model-config key",
+                              f"remove it or use one of {known}")
+    if value.get("minWorkers", 1) > value.get("maxWorkers", value.get("minWorkers", 1)):
+        raise ConfigError(path, "model_config.minWorkers", "is greater than maxWorkers",
+                          "make minWorkers <= maxWorkers")
+    _check_handler_options(path, handler, value.get("handler"), files)
+    return value
+
+
+def _check_handler_options(path: Path, handler: Path, raw: Any, files: tuple[Path, ...]) -> None:
+    """Parse the options as the worker will; a weights option must name one of `files`."""
+    try:
+        handler_type = handler_class(handler)
+    except Exception as error:  # noqa: BLE001 - an import or definition problem in the module
+        raise ConfigError(path, "handler", f"{handler} cannot be used as a handler ({error})",
+                          "point it at a module that defines one ModelHandler subclass") from None
+    try:
+        options = parse_options(handler_type.Options, raw)
+    except OptionsError as error:
+        raise ConfigError(path, f"model_config.handler.{error.key}", str(error),
+                          f"see {handler_type.__name__}.Options in {handler}") from None
+    weights = getattr(options, "weights", None)
+    if weights is not None and weights not in {file.name for file in files}:
+        raise ConfigError(path, "model_config.handler.weights", f"{weights!r} is not among files:",
+                          "name one of the files listed under files: (by its file name)")
+
+
+def _example(path: Path, value: Any) -> Example | None:
+    if value is None:
+        return None
+    texts = value if isinstance(value, dict) else {}
+    if not isinstance(value, dict) or not isinstance(value.get("content_type"), str) or not (
+        isinstance(texts.get("file"), str) ^ isinstance(texts.get("data"), str)
+    ) or set(value) - {"content_type", "file", "data"}:
+        raise ConfigError(path, "example", f"expected content_type and one of file/data, got {value!r}",
+                          "write example: {content_type: application/json, data: '{...}'}")
+    file = Path(value["file"]) if "file" in value else None
+    return Example(str(value["content_type"]), file, value.get("data"))

@@ -1,0 +1,190 @@
+"""tsctl: operate a running TorchServe: status, versions, register, scale, rollout, rollback, unregister.
+
+    tsctl status                        models, versions, default, workers and their states
+    tsctl versions tabular              one model's versions, oldest first, and what rollback picks
+    tsctl rollout tabular 2.0           register, wait READY, gate, set default, prune (operate/rollout.py)
+    tsctl rollback tabular [--to 1.0]   the previous kept version becomes the default again
+    tsctl register model_store/tabular.mar      register an archive as a non-default version
+    tsctl scale tabular --version 1.0 --workers 2
+    tsctl unregister tabular 1.0
+
+Addresses and the model store come from the TorchServe properties file (--ts-config,
+default ./config.properties). TorchServe resolves a relative model_store against, and
+writes key_file.json into, the directory it was started from: --server-dir (default:
+here). Keys come from TORCHSERVE_MANAGEMENT_KEY and TORCHSERVE_INFERENCE_KEY, else
+from that key_file.json (or --key-file).
+Output is for people; --json prints one JSON document for scripts. Progress goes
+to stderr. Exit codes: 0 done, 1 refused (gate, nothing to roll back to), 2 usage
+or config, 3 TorchServe error or unreachable, 4 unauthorized, 5 model API off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from scripts.client.rest import KeyFile, ModelApiDisabled, TorchServeClient, TorchServeError, Unauthorized
+from scripts.config.files import ConfigError, read_properties
+from scripts.operate.policy import read_policy
+from scripts.operate.rollout import (
+    Exit,
+    RolloutFailed,
+    RolloutLog,
+    registered,
+    rollback,
+    rollback_target,
+    rollout,
+)
+from scripts.operate.views import show_status, show_versions
+
+logger = logging.getLogger(__name__)
+
+UNAUTHORIZED_FIX = ("token authorization is on and the key was missing or wrong: pass --key-file with the "
+                    "key_file.json TorchServe wrote in the directory it was started from, or set "
+                    "TORCHSERVE_MANAGEMENT_KEY and TORCHSERVE_INFERENCE_KEY")
+MODEL_API_FIX = ("the model API is off (enable_model_api=false, as in configs/production.properties), so "
+                 "TorchServe refuses to register or unregister. For the rollout window set "
+                 "enable_model_api=true in that file, restart (`torchserve --stop`, then `torchserve --start "
+                 "--ts-config FILE --ncs`), run the rollout, and set it back to false. rollback and scale "
+                 "work without it")
+
+
+def connect(args: argparse.Namespace) -> tuple[TorchServeClient, Path]:
+    """A client for the server the properties file describes, and its model store."""
+    if not args.ts_config.is_file():
+        raise FileNotFoundError(f"no TorchServe properties file at {args.ts_config}: pass --ts-config "
+                                "with the file TorchServe was started with")
+    properties = read_properties(args.ts_config)
+    store = args.server_dir / properties.get("model_store", "model_store")
+    if not store.is_dir():
+        raise FileNotFoundError(f"no model store at {store}: pass --server-dir, the directory TorchServe "
+                                "was started from")
+    client = TorchServeClient(
+        properties.get("inference_address", "http://127.0.0.1:8080"),
+        properties.get("management_address", "http://127.0.0.1:8081"),
+        KeyFile.resolve(args.key_file or args.server_dir / "key_file.json"), timeout=args.timeout,
+        metrics_url=properties.get("metrics_address", "http://127.0.0.1:8082"),
+    )
+    return client, store.resolve()
+
+
+def store_file(archive: Path, store: Path) -> str:
+    """The name TorchServe registers `archive` by: it takes only a file name, looked up in its store."""
+    if archive.parent != Path(".") and archive.resolve().parent != store:
+        raise ValueError(f"{archive} is not in the model store {store}: TorchServe registers only files "
+                         "of its store; copy it there first")
+    return archive.name
+
+
+def run(args: argparse.Namespace) -> Any:
+    client, store = connect(args)
+    log = RolloutLog(args.log, getattr(args, "model", ""))
+    with client:
+        if args.command == "status":
+            return {model["modelName"]: registered(client, model["modelName"]).__dict__
+                    for model in client.list_models() if args.model in (None, model["modelName"])}
+        if args.command == "versions":
+            now = registered(client, args.model)
+            return {**now.__dict__, "rollback_to": rollback_target(now, log)}
+        if args.command == "register":
+            return {"message": client.register(store_file(Path(args.archive), store))}
+        if args.command == "scale":
+            return {"message": client.scale(args.model, args.version, min_workers=args.workers,
+                                            max_workers=args.max_workers)}
+        if args.command == "unregister":
+            return {"message": client.unregister(args.model, args.version)}
+        if args.command == "rollback":
+            return rollback(client, store, args.model, log, to=args.to)
+        policy = read_policy(args.config or Path(f"configs/models/{args.model}.yaml"))
+        return rollout(client, store, args.model, args.version, policy, log)
+
+
+def failure(error: Exception, args: argparse.Namespace) -> tuple[Exit, str]:
+    """The exit code and the one message a failed command prints."""
+    if isinstance(error, RolloutFailed):
+        return error.code, str(error)
+    if isinstance(error, Unauthorized):
+        tried = args.key_file or args.server_dir / "key_file.json"
+        return Exit.UNAUTHORIZED, (f"{error}\n  keys tried: {tried} and the environment\n"
+                                   f"  fix: {UNAUTHORIZED_FIX}")
+    if isinstance(error, ModelApiDisabled):
+        return Exit.MODEL_API_OFF, f"{error}\n  fix: {MODEL_API_FIX}"
+    if isinstance(error, TorchServeError):
+        return Exit.SERVER, str(error)
+    if isinstance(error, requests.ConnectionError):
+        return Exit.SERVER, (f"cannot reach TorchServe ({error.request.url if error.request else ''}): is it "
+                             f"running, and does {args.ts_config} give its addresses?")
+    if isinstance(error, requests.RequestException):
+        return Exit.SERVER, f"TorchServe did not answer in time or broke the connection: {error}"
+    return Exit.USAGE, str(error)
+
+
+def show(args: argparse.Namespace, result: Any) -> None:
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    elif args.command == "status":
+        show_status(result)
+    elif args.command == "versions":
+        show_versions(args.model, result)
+    elif args.command in ("rollout", "rollback"):
+        print(f"{args.model}: {result['version']} is the default (was {result['previous']}); "
+              f"steps logged in {args.log}")
+    else:
+        print(result["message"])
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="tsctl", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    top.add_argument("--ts-config", type=Path, default=Path("config.properties"))
+    top.add_argument("--server-dir", type=Path, default=Path("."),
+                     help="the directory TorchServe was started from (default: here)")
+    top.add_argument("--key-file", type=Path, help="default: key_file.json in --server-dir")
+    top.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    top.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP call (not registration)")
+    top.add_argument("--log", type=Path, default=Path("logs/rollout.jsonl"), help="rollout log (JSON lines)")
+    commands = top.add_subparsers(dest="command", required=True)
+    commands.add_parser("status").add_argument("model", nargs="?")
+    commands.add_parser("versions").add_argument("model")
+    commands.add_parser("register").add_argument("archive", help="a .mar in the model store")
+    scale = commands.add_parser("scale")
+    scale.add_argument("model")
+    scale.add_argument("--version")
+    scale.add_argument("--workers", type=int, required=True)
+    scale.add_argument("--max-workers", type=int)
+    go = commands.add_parser("rollout")
+    go.add_argument("model")
+    go.add_argument("version")
+    go.add_argument("--config", type=Path, help="default: configs/models/MODEL.yaml (golden set, thresholds)")
+    back = commands.add_parser("rollback")
+    back.add_argument("model")
+    back.add_argument("--to", help="a registered version (default: the newest older than the default)")
+    gone = commands.add_parser("unregister")
+    gone.add_argument("model")
+    gone.add_argument("version")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        show(args, run(args))
+    except (RolloutFailed, TorchServeError, requests.RequestException, ConfigError, ValueError,
+            OSError) as error:
+        code, message = failure(error, args)
+        if args.json:
+            print(json.dumps({"error": message, "exit_code": int(code)}))
+        logger.error("error: %s", message)
+        return int(code)
+    return int(Exit.OK)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

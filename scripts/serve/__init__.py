@@ -1,0 +1,1 @@
+"""`make serve` / `make stop`: start TorchServe, wait until every model is READY, stop it."""

@@ -1,0 +1,167 @@
+"""A private TorchServe on free loopback ports, in its own working directory, for tests and benchmarks.
+
+Its pid file, key file, logs and worker sockets live under `workdir` (TMPDIR and
+LOG_LOCATION point there), so it never meets a TorchServe started by `make serve`.
+It runs in the foreground in its own process group and is stopped with the whole
+group (frontend and Python workers), even when the caller fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from scripts.client.rest import KeyFile, TorchServeClient, TorchServeError
+from scripts.config.model import METRICS_CONFIG
+from scripts.serve.server import torchserve_command, wait_until_ready
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def write_properties(workdir: Path, store: Path, archives: Sequence[str],
+                     extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A config.properties in `workdir` with free loopback ports for everything."""
+    ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc_i",
+                                            "grpc_m", "workers")}
+    properties = {
+        "inference_address": f"http://127.0.0.1:{ports['inference']}",
+        "management_address": f"http://127.0.0.1:{ports['management']}",
+        "metrics_address": f"http://127.0.0.1:{ports['metrics']}",
+        "grpc_inference_address": "127.0.0.1",
+        "grpc_management_address": "127.0.0.1",
+        "grpc_inference_port": str(ports["grpc_i"]),
+        "grpc_management_port": str(ports["grpc_m"]),
+        "initial_worker_port": str(ports["workers"]),
+        "model_store": str(store),
+        "load_models": ",".join(archives) if archives else "",
+        "disable_token_authorization": "true",
+        "enable_model_api": "true",
+        "metrics_mode": "prometheus",
+        "metrics_config": str(METRICS_CONFIG.resolve()),
+        "python": sys.executable,
+        **(extra or {}),
+    }
+    (workdir / "config.properties").write_text(
+        "".join(f"{key}={value}\n" for key, value in properties.items())
+    )
+    return properties
+
+
+def wait_until_answering(ping: Callable[[], object], process: subprocess.Popen[bytes], timeout: float,
+                         what: str = "TorchServe") -> None:
+    """Call `ping` until it stops raising; fail early if the server process died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ping()
+            return
+        except (requests.RequestException, TorchServeError):
+            if process.poll() is not None:
+                raise RuntimeError(f"{what} exited with code {process.returncode}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} did not answer within {timeout:.0f}s") from None
+            time.sleep(0.3)
+
+
+@dataclass
+class LocalServer:
+    workdir: Path
+    properties: dict[str, str]
+    process: subprocess.Popen[bytes]
+
+    @property
+    def inference_url(self) -> str:
+        return self.properties["inference_address"]
+
+    @property
+    def management_url(self) -> str:
+        return self.properties["management_address"]
+
+    @property
+    def metrics_url(self) -> str:
+        return self.properties["metrics_address"]
+
+    @property
+    def key_file(self) -> Path:
+        """Where TorchServe writes its keys when token authorization is on (its working directory)."""
+        return self.workdir / "key_file.json"
+
+    def client(self, timeout: float = 60) -> TorchServeClient:
+        return TorchServeClient(self.inference_url, self.management_url, KeyFile.read(self.key_file),
+                                timeout=timeout, metrics_url=self.metrics_url)
+
+    @classmethod
+    def start(cls, workdir: Path, store: Path, models: Sequence[str], timeout: float = 300,
+              extra: Mapping[str, str] | None = None) -> LocalServer:
+        """Start TorchServe serving `models` (archive stems in `store`) and wait until all are READY."""
+        (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+        properties = write_properties(workdir, store, [f"{name}.mar" for name in models], extra)
+        env = {**os.environ, "TMPDIR": str(workdir / "tmp"), "LOG_LOCATION": str(workdir / "logs"),
+               "METRICS_LOCATION": str(workdir / "logs")}
+        command = torchserve_command("--start", "--foreground", "--ncs",
+                                     "--ts-config", str(workdir / "config.properties"))
+        with (workdir / "console.log").open("wb") as console:
+            process = subprocess.Popen(command, cwd=workdir, env=env, stdout=console,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        server = cls(workdir, properties, process)
+        try:
+            with server.client() as client:
+                wait_until_answering(client.ping, process, timeout)
+                wait_until_ready(client, models, timeout=timeout, log_hint=workdir / "logs")
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def register(self, archive: str, name: str, batch_size: int, max_batch_delay: int,
+                 workers: int | None = None) -> None:
+        """Register `archive` (in the store) as `name` with this batching; then scale to `workers`."""
+        response = requests.post(f"{self.management_url}/models", timeout=600, params={
+            "url": archive, "model_name": name, "batch_size": batch_size,
+            "max_batch_delay": max_batch_delay, "synchronous": "true"})
+        response.raise_for_status()
+        if workers is not None:  # registration takes the archive's own worker counts
+            response = requests.put(f"{self.management_url}/models/{name}", timeout=600, params={
+                "min_worker": workers, "max_worker": workers, "synchronous": "true"})
+            response.raise_for_status()
+
+    def unregister(self, name: str) -> None:
+        requests.delete(f"{self.management_url}/models/{name}", timeout=120).raise_for_status()
+
+    def stop(self) -> None:
+        """SIGTERM the server's whole process group (frontend and workers), then SIGKILL."""
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the launcher is gone; wait for Java and its workers too
+            try:
+                os.killpg(self.process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+        os.killpg(self.process.pid, signal.SIGKILL)
+
+    def __enter__(self) -> LocalServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -16,13 +16,14 @@ P99_MS        ?= 250
 OPTIONS       ?= backend=torch backend=onnx backend=torch,quantize=int8 backend=torch,compile=true \
                  backend=torch,static_shapes=true
 
-.PHONY: help install java models archive serve stop test test-unit test-e2e lint clean bench tune bench-check \
-        bench-options coldstart memory status rollout rollback
+.PHONY: help install install-dev java models archive serve stop test test-unit test-e2e lint clean bench tune \
+        bench-check bench-options coldstart memory status rollout rollback
 
 help:
-	@echo "make serve   install, build the example models and archives, start TorchServe"
+	@echo "make serve   install what serving needs, build the example models and archives, start TorchServe"
 	@echo "make test    the whole test suite (unit + end-to-end against a real TorchServe)"
 	@echo "make stop    stop the TorchServe that 'make serve' started"
+	@echo "make test-unit / make test-e2e                 one half of the suite"
 	@echo "make bench MODEL=minilm [BENCH_ARGS=--quick]   benchmark one model (results/bench/)"
 	@echo "make tune MODEL=minilm P99_MS=250              sweep batch settings, recommend one"
 	@echo "make bench-check                               quick run vs configs/bench-baseline.json"
@@ -32,17 +33,28 @@ help:
 	@echo "make status                                    models, versions, default, workers (tsctl status)"
 	@echo "make rollout MODEL=tabular VERSION=2.0         gate a new version, then make it the default"
 	@echo "make rollback MODEL=tabular                    the previous version becomes the default again"
-	@echo "make archive / make models / make lint / make clean"
+	@echo "make install                                   .venv with what serving needs (torch, TorchServe, ...)"
+	@echo "make install-dev                               + the test and benchmark extras, gRPC stubs"
+	@echo "make java                                      check that Java 17 (TorchServe's frontend) is installed"
+	@echo "make archive / make models / make lint / make clean / make help"
 
 install: $(VENV)/.installed
 
+# Serving needs only the core dependencies; `install-dev` adds the test and bench extras.
 $(VENV)/.installed: pyproject.toml | java
-	@echo "==> creating $(VENV) and installing (torch==2.13.0 CPU build, TorchServe 0.12.0, ...)"
+	@echo "==> creating $(VENV) and installing what serving needs (torch==2.13.0 CPU build, TorchServe 0.12.0, ...)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --progress-bar on --upgrade pip setuptools
 	$(PY) -m pip install --progress-bar on "torch==2.13.0"
-	$(PY) -m pip install --progress-bar on -e ".[dev,bench]"
+	$(PY) -m pip install --progress-bar on -e .
 	$(PY) -m scripts.serve.launcher
+	touch $@
+
+install-dev: $(VENV)/.installed-dev
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	@echo "==> installing the test and benchmark extras (pytest, sentence-transformers, locust, grpcio, ...)"
+	$(PY) -m pip install --progress-bar on -e ".[dev,bench]"
 	$(PY) -m scripts.client.grpc_stubs
 	touch $@
 
@@ -71,33 +83,36 @@ rollout: install
 rollback: install
 	$(BIN)/tsctl rollback $(MODEL)
 
-test: archive
+test: install-dev archive
 	$(PY) -m ruff check handlers scripts tests
 	$(PY) -m pytest
 
-test-unit: models
+test-unit: install-dev models
 	$(PY) -m pytest tests/unit
 
-bench: models
+test-e2e: install-dev archive
+	$(PY) -m pytest tests/e2e
+
+bench: install-dev models
 	$(PY) -m scripts.measure.bench --model $(MODEL) $(BENCH_ARGS)
 
-tune: models
+tune: install-dev models
 	$(PY) -m scripts.measure.tune --model $(MODEL) --p99-budget-ms $(P99_MS) $(TUNE_ARGS)
 
-bench-check: models
+bench-check: install-dev models
 	$(PY) -m scripts.measure.bench_check
 
-bench-options: models
+bench-options: install-dev models
 	$(PY) -m scripts.measure.bench --model $(MODEL) --variants ours limit --concurrency 32 --options $(OPTIONS) \
 		--out results/options $(BENCH_ARGS)
 
-coldstart: models
+coldstart: install-dev models
 	$(PY) -m scripts.measure.coldstart
 
-memory: models
+memory: install-dev models
 	$(PY) -m scripts.measure.memory --model $(MODEL)
 
-lint: install
+lint: install-dev
 	$(PY) -m ruff check handlers scripts tests
 
 clean:

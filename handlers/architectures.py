@@ -13,6 +13,7 @@ TABULAR_FEATURES = 30
 TABULAR_CLASSES = 2
 DIGITS_SIDE = 8
 DIGITS_CLASSES = 10
+MINILM_WIDTH = 384  # all-MiniLM-L6-v2 embeddings
 
 
 class TabularMLP(nn.Module):

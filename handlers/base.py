@@ -1,45 +1,51 @@
 """The one base class every handler subclasses; it owns TorchServe's lifecycle.
 
+A model is one module with one `ModelHandler` subclass. Its author declares
+
+    INPUT          = Input(...)          what one instance is, in every request shape
+    OUTPUTS        = (Output(...), ...)  what the model answers per instance
+    NETWORK_INPUTS = {"name": shape}     the network's inputs, per-instance shape (str: a variable axis)
+    class Options(RuntimeOptions)        the `handler:` section of the model YAML
+
+and writes the hooks (TorchServe's names; only the first two are required):
+
+    load_model(model_dir) -> nn.Module         the float network on the CPU, weights loaded
+    preprocess(instances) -> tensor | list     ONE request's instance values -> network inputs
+    postprocess(rows) -> {output: values}      ONE request's output rows -> its named outputs
+    answer(outputs) -> JSON                    one instance's native JSON answer (default: outputs)
+
+Unlike stock BaseHandler, preprocess and postprocess see one request, not the batch.
+Less common hooks: setup(model_dir) (a tokenizer), collate(per_request) (joins the
+batch), inference(batch) (default: one engine pass), warmup_instances(), example_batch(size).
+
 Lifecycle (TorchServe calls `initialize` once per worker, `handle` once per batch):
 
     initialize(context)
-        options  <- the `handler:` section of the model-config, parsed into `Options`
-                    (every handler's Options extends RuntimeOptions: backend, compile, ...)
-        device   <- CUDA when TorchServe gave this worker a GPU and CUDA is present, else CPU
-        threads  <- `threads`, or the machine's cores / minWorkers
-        load(model_dir)                         tokenizer and the like    (optional hook)
-        engine   <- network(model_dir) as the options say: eager, int8, compiled,
-                    or the archive's ONNX export (see engines.py)          (required hook)
-        warm-up  <- forward passes at every batch size (and input shape) the worker will
-                    see, from warmup_instances(): READY means warm        (required hook)
+        options <- `handler:` section; device <- CUDA when given a gpu_id, else CPU; threads
+        setup(model_dir); engine <- load_model(model_dir) as the options say (engines.py)
+        warm-up: every batch size x warmup_instances(), so READY means warm
     handle(requests, context)
-        per request, own try: pick its envelope (native, KServe v1, OIP; see envelopes.py)
-            native body      -> decode(payload) -> Decoded            (required hook)
-            v1/OIP instances -> decode_instances(values) -> instances (required hook)
-        collate(instances of all good requests) one batch              (optional hook)
-        predict(batch) -> Tensor [N, ...]       one pass of the engine (required hook)
-        per request, own try: frame the answer in its envelope
-            native, v1 -> encode(row) per instance                     (optional hook)
-            OIP        -> encode_outputs(rows) -> [OutputTensor]       (optional hook)
+        per request, own try:  its envelope parses it (envelopes.py) -> preprocess
+        per batch:             collate -> inference -> one output row per instance
+        per request, own try:  postprocess -> the envelope frames the named outputs
 
-Every response, good or bad, carries the serving version in an `X-Model-Version`
-header, so clients (and the rollout tests) see which version answered.
-
-N requests in, N responses out. A request that fails decoding or encoding gets its
-own status (`context.set_response_status(code, phrase, idx)`) and a JSON body
+N requests in, N responses out. A request that fails preprocess or postprocess gets
+its own status (`context.set_response_status(code, phrase, idx)`) and a JSON body
 naming the problem; the others carry on. Only a failure of the forward pass itself
-touches the whole batch (500, or 507 when the device ran out of memory).
-Subclasses never override `initialize` or `handle`.
+touches the whole batch (500, or 507 when the device ran out of memory). Every
+response carries the serving version in `X-Model-Version`. Subclasses never
+override `initialize` or `handle`.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -47,7 +53,6 @@ import torch
 from torch import nn
 from ts.torch_handler.base_handler import BaseHandler
 
-from handlers.decoded import Decoded, join_instances
 from handlers.engines import Engine, build_engine
 from handlers.envelopes import Envelope, open_envelope
 from handlers.errors import (
@@ -56,17 +61,19 @@ from handlers.errors import (
     InvalidInput,
     OutOfResources,
     RequestError,
+    located,
 )
 from handlers.metrics import HandlerMetrics, model_identity
 from handlers.options import parse_options
 from handlers.payload import Payload
+from handlers.request import Instances, Parsed, join_instances
 from handlers.runtime import RuntimeOptions, batch_sizes, set_worker_threads, to_device, worker_threads
-from handlers.tensors import OutputTensor, TensorSpec
+from handlers.signature import Input, Output, Signature, check_outputs, per_instance
+from handlers.validation import check_count
 
-__all__ = ["Decoded", "ModelHandler", "pick_device"]
 logger = logging.getLogger(__name__)
 VERSION_HEADER = "X-Model-Version"  # which version answered; set on every response
-Opened = dict[int, tuple[Envelope, Decoded]]  # request index -> its envelope and decoded instances
+
 
 def pick_device(system_properties: dict[str, Any]) -> torch.device:
     """CUDA when TorchServe assigned this worker a GPU (`gpu_id`) and CUDA works, else CPU."""
@@ -76,14 +83,26 @@ def pick_device(system_properties: dict[str, Any]) -> torch.device:
     return torch.device("cpu")
 
 
-class ModelHandler(BaseHandler):
-    """Base handler: subclasses implement `network`, `warmup_instances`, `decode`, `predict`, ..."""
+@dataclass(slots=True)
+class Record:
+    """One request's way through a batch: its envelope, instances, status and body."""
 
-    Options: ClassVar[type] = RuntimeOptions
-    INPUT: ClassVar[TensorSpec | None] = None  # the OIP input tensor; None: no OIP requests
-    OUTPUTS: ClassVar[tuple[str, ...]] = ("output",)  # the OIP output names encode_outputs gives
-    # The network's inputs, in order, with their variable axes (for the ONNX export).
-    NETWORK_INPUTS: ClassVar[dict[str, tuple[str, ...]]] = {"input": ("batch",)}
+    index: int
+    envelope: Envelope = field(default_factory=Envelope)
+    parsed: Parsed | None = None
+    instances: Any = None
+    status: int = 200
+    error: str = ""  # the RequestError's type name, for the metrics
+    body: str | None = None  # set once: the answer or the error
+
+
+class ModelHandler(BaseHandler):
+    """Base handler: subclasses declare INPUT and OUTPUTS and write `load_model` and `preprocess`."""
+
+    Options: ClassVar[type[RuntimeOptions]] = RuntimeOptions
+    INPUT: ClassVar[Input]
+    OUTPUTS: ClassVar[tuple[Output, ...]] = (Output("output", "FP32"),)
+    NETWORK_INPUTS: ClassVar[dict[str, tuple[int | str, ...]]] = {"input": ()}
 
     def __init__(self) -> None:
         super().__init__()
@@ -92,55 +111,51 @@ class ModelHandler(BaseHandler):
         self.engine: Engine | None = None
         self.batch_sizes: list[int] = [1]
         self.metrics = HandlerMetrics(None)
-        self._statuses: Counter[int] = Counter()  # this batch's outcomes, for the metrics
-        self._errors: Counter[str] = Counter()
 
     # ---- hooks -------------------------------------------------------------------
-    def load(self, model_dir: Path) -> None:
-        """Load what decoding needs besides the network, such as a tokenizer (optional)."""
+    def setup(self, model_dir: Path) -> None:
+        """Load what preprocess needs besides the network, such as a tokenizer (optional)."""
 
-    def network(self, model_dir: Path) -> nn.Module:
-        """The float network on the CPU, weights loaded: input tensors -> one row per instance."""
+    def load_model(self, model_dir: Path) -> nn.Module:
+        """The float network on the CPU, weights loaded: network inputs -> one row per instance."""
         raise NotImplementedError
 
-    def warmup_instances(self) -> list[Any]:
-        """One decoded instance per input shape family (one per text length bucket, ...) (required)."""
+    def preprocess(self, request: Instances) -> torch.Tensor | list[Any]:
+        """One request's instance values -> one network input each (a tensor [n, ...] or a list).
+
+        Raise a RequestError (InvalidInput, PayloadTooLarge, ...) naming `request.names[i]`
+        when a value is bad: that request alone gets the error.
+        """
         raise NotImplementedError
-
-    def example_batch(self, size: int) -> tuple[torch.Tensor, ...]:
-        """The network's inputs for `size` instances (the ONNX export traces these)."""
-        batch = self.collate([self.warmup_instances()[0]] * size)
-        return (batch,) if isinstance(batch, torch.Tensor) else tuple(batch)
-
-    def decode(self, payload: Payload) -> Decoded:
-        """Validate one request and turn it into instances; raise a RequestError if bad (required)."""
-        raise NotImplementedError
-
-    def decode_instances(self, values: list[Any], where: str) -> torch.Tensor | list[Any]:
-        """Instances from JSON values (KServe v1 `instances`, rows of an OIP tensor); raise if bad."""
-        raise InvalidInput("this model reads only its own request format, not KServe v1 or OIP")
 
     def collate(self, per_request: Sequence[Any]) -> Any:
         """Join the instances of all good requests into one batch on `self.device`."""
         joined = join_instances(per_request)
         return to_device(joined, self.device) if isinstance(joined, torch.Tensor) else joined
 
-    def predict(self, batch: Any) -> torch.Tensor:
-        """One forward pass through `self.engine`; one output row per instance (required)."""
-        raise NotImplementedError
+    def inference(self, batch: Any) -> torch.Tensor:
+        """One pass of the engine: the batch is a tensor or a tuple of the network's inputs."""
+        assert self.engine is not None, "initialize() builds the engine"
+        return self.engine(*batch) if isinstance(batch, tuple) else self.engine(batch)
 
-    def encode(self, row: torch.Tensor) -> Any:
-        """Turn one instance's output row into a JSON value."""
-        return row.tolist()
+    def postprocess(self, rows: torch.Tensor) -> dict[str, Any]:
+        """One request's output rows -> each declared output: a tensor [n, ...] or n plain values."""
+        (output,) = self.OUTPUTS  # the default fits a model with one output
+        return {output.name: rows}
 
-    def encode_outputs(self, rows: torch.Tensor) -> list[OutputTensor]:
-        """The OIP output tensors for one request's output rows."""
-        return [OutputTensor.of("output", "FP32", rows)]
+    def answer(self, outputs: dict[str, Any]) -> Any:
+        """One instance's native JSON answer, from its named outputs (as JSON values)."""
+        return outputs
 
-    @property
-    def max_instances(self) -> int | None:
-        """The per-request instance limit, from the `max_instances` option when there is one."""
-        return getattr(self.options, "max_instances", None)
+    def warmup_instances(self) -> list[Any]:
+        """One preprocessed instance per input shape the network will see (one zero row by default)."""
+        (shape,) = self.NETWORK_INPUTS.values()  # override for several inputs or variable axes
+        return [torch.zeros(1, *shape)]
+
+    def example_batch(self, size: int) -> tuple[torch.Tensor, ...]:
+        """The network's inputs for `size` instances (the ONNX export traces these)."""
+        batch = self.collate([self.warmup_instances()[0]] * size)
+        return (batch,) if isinstance(batch, torch.Tensor) else tuple(batch)
 
     # ---- TorchServe entry points -----------------------------------------------------
     def initialize(self, context: Any) -> None:
@@ -149,6 +164,7 @@ class ModelHandler(BaseHandler):
         self.context = context
         model_config = getattr(context, "model_yaml_config", None) or {}
         self.options = parse_options(self.Options, model_config.get("handler"))
+        self.signature = Signature(self.INPUT, self.OUTPUTS, self.options.max_instances)
         accelerator = pick_device(context.system_properties)
         # ONNX Runtime takes host arrays and moves them to its device itself.
         self.device = torch.device("cpu") if self.options.backend == "onnx" else accelerator
@@ -157,11 +173,11 @@ class ModelHandler(BaseHandler):
         threads = worker_threads(self.options.threads, model_config)
         set_worker_threads(threads)
         model_dir = Path(context.system_properties["model_dir"])
-        self.load(model_dir)
+        self.setup(model_dir)
         batch_size = int(context.system_properties.get("batch_size") or 1)
         self.batch_sizes = batch_sizes(batch_size, self.options.buckets)
         warmup = self.warmup_instances()
-        self.engine = build_engine(self.options, accelerator, lambda: self.network(model_dir), model_dir,
+        self.engine = build_engine(self.options, accelerator, lambda: self.load_model(model_dir), model_dir,
                                    threads, self.batch_sizes, shapes=len(self.batch_sizes) * len(warmup))
         if self.options.warmup:
             self.warm_up(warmup)
@@ -184,98 +200,114 @@ class ModelHandler(BaseHandler):
 
     def handle(self, data: list[Any], context: Any) -> list[Any]:
         """Answer a batch: one response (and one status) per request, in order."""
-        responses: list[Any] = [None] * len(data)
-        self._statuses, self._errors = Counter(), Counter()
-        with self.metrics.stage("decode"):
-            opened = self._open_all(data, responses, context)
-        instances = sum(len(decoded.instances) for _, decoded in opened.values())
-        if len(opened) < len(data):  # a batch with rejections; every batch's sizes are in the metrics
+        with self.metrics.stage("preprocess"):
+            records = [self._read(index, item, context) for index, item in enumerate(data)]
+        live = [record for record in records if record.body is None]
+        instances = sum(len(record.instances) for record in live)
+        if len(live) < len(records):  # a batch with rejections; every batch's sizes are in the metrics
             logger.info("batch: %d requests, %d rejected before inference, %d instances",
-                        len(data), len(data) - len(opened), instances)
-        if opened:
-            self.metrics.batch(len(opened), instances)
-            self._run_batch(opened, responses, context)
-        self.metrics.outcomes(self._statuses, self._errors)
+                        len(records), len(records) - len(live), instances)
+        if live:
+            self.metrics.batch(len(live), instances)
+            self._infer(live, instances, context)
+        self.metrics.outcomes(Counter(record.status for record in records),
+                              Counter(record.error for record in records if record.error))
         self.metrics.flush()
-        for index in range(len(data)):
-            context.set_response_header(index, VERSION_HEADER, self.version)
-        return responses
+        for record in records:
+            context.set_response_header(record.index, VERSION_HEADER, self.version)
+        return [record.body for record in records]
 
-    # ---- internals ---------------------------------------------------------------
-    def _open_all(self, data: list[Any], responses: list[Any], context: Any) -> Opened:
-        """Decode every request in its own try block; failures get their response right away."""
-        opened: Opened = {}
-        for index, item in enumerate(data):
-            envelope = Envelope()
-            try:
-                envelope = open_envelope(Payload.parts_from_torchserve(index, item, context), context, index)
-                opened[index] = (envelope, envelope.decode(self))
-            except Exception as error:  # noqa: BLE001 - converted to this request's status
-                responses[index] = self._fail(context, index, error, "decode", envelope)
-        return opened
+    # ---- for gates, benchmarks and tests ------------------------------------------------
+    def read(self, envelope: Envelope) -> tuple[Parsed, Any]:
+        """Parse one request in its envelope and preprocess it: its instances, or a RequestError."""
+        parsed = envelope.parse(self.signature)
+        check_count(parsed.count(), self.signature.max_instances, "instances")
+        pieces = []
+        for part in parsed.parts:
+            with located(part.label) if part.label else nullcontext():
+                pieces.append(self.preprocess(part))
+        instances = pieces[0] if len(pieces) == 1 else join_instances(pieces)
+        if len(instances) != parsed.count():
+            raise HandlerContractError(f"{type(self).__name__}.preprocess gave {len(instances)} instances "
+                                       f"for {parsed.count()} values; give one per value")
+        return parsed, instances
 
-    def _run_batch(self, opened: Opened, responses: list[Any], context: Any) -> None:
-        """One forward pass for every opened request, then each request's answer."""
-        counts = [len(decoded.instances) for _, decoded in opened.values()]
-        try:
-            with self.metrics.stage("inference"):
-                outputs = self.forward_batch([decoded.instances for _, decoded in opened.values()],
-                                             sum(counts))
-        except Exception as error:  # noqa: BLE001 - the forward pass fails every request in it
-            failure = _batch_failure(error)
-            for index, (envelope, _) in opened.items():
-                responses[index] = self._fail(context, index, failure, "predict", envelope)
-            return
-        self.metrics.device_memory(self.device)
-        with self.metrics.stage("encode"):
-            finite = _finite_rows(outputs).tolist()
-            per_request_finite = [all(finite[end - count:end]) for count, end in
-                                  zip(counts, itertools.accumulate(counts), strict=True)]
-            self._answer_all(opened, torch.split(outputs, counts), per_request_finite, responses, context)
+    def instances_of(self, body: Any, content_type: str = "application/json") -> Any:
+        """One raw body read as `handle` reads a request: envelope, limits, preprocess."""
+        return self.read(open_envelope([Payload.of(0, "body", body, content_type, {})], None, 0))[1]
 
-    def _answer_all(self, opened: Opened, per_request: Sequence[torch.Tensor], finite: Sequence[bool],
-                    responses: list[Any], context: Any) -> None:
-        """Frame each request's output rows in its envelope, each in its own try block."""
-        for (index, (envelope, decoded)), rows, rows_finite in zip(opened.items(), per_request, finite,
-                                                                    strict=True):
-            try:
-                if not rows_finite:
-                    raise InvalidInput("the model's output for this input is not finite: its values "
-                                       "are probably far outside the range the model was trained on")
-                body = envelope.answer(self, rows, decoded.single)
-                responses[index] = self._succeed(context, index, body)
-            except Exception as error:  # noqa: BLE001 - converted to this request's status
-                responses[index] = self._fail(context, index, error, "encode", envelope)
+    def native_answers(self, outputs: dict[str, Any], count: int) -> list[Any]:
+        """Each instance's native JSON answer: its outputs as JSON values, through `answer`."""
+        return [self.answer(values) for values in per_instance(outputs, self.OUTPUTS, count)]
 
     def forward_batch(self, per_request: list[Any], expected_rows: int) -> torch.Tensor:
-        """One collate and one forward pass for every instance; one output row each, on the CPU."""
+        """One collate and one inference for every instance; one output row each, on the CPU."""
         with torch.inference_mode():
-            outputs = self.predict(self.collate(per_request)).detach().cpu()
-        if len(outputs) != expected_rows:
+            rows = self.inference(self.collate(per_request)).detach().cpu()
+        if len(rows) != expected_rows:
             raise HandlerContractError(
-                f"{type(self).__name__}.predict returned {len(outputs)} rows for "
+                f"{type(self).__name__}.inference returned {len(rows)} rows for "
                 f"{expected_rows} instances; return one output row per instance"
             )
-        return outputs
+        return rows
 
-    def _succeed(self, context: Any, index: int, body: Any) -> str:
-        text = json.dumps(body, allow_nan=False)  # a NaN output fails this request, not the JSON
-        context.set_response_content_type(index, "application/json")
-        self._statuses[200] += 1
-        return text
+    # ---- internals ---------------------------------------------------------------
+    def _read(self, index: int, item: Any, context: Any) -> Record:
+        record = Record(index)
+        try:
+            parts = Payload.parts_from_torchserve(index, item, context)
+            record.envelope = open_envelope(parts, context, index)
+            record.parsed, record.instances = self.read(record.envelope)
+        except Exception as error:  # noqa: BLE001 - converted to this request's status
+            self._fail(record, error, "preprocess", context)
+        return record
 
-    def _fail(self, context: Any, index: int, error: Exception, stage: str, envelope: Envelope) -> str:
+    def _infer(self, live: list[Record], instances: int, context: Any) -> None:
+        """One forward pass for every live request, then each request's answer."""
+        try:
+            with self.metrics.stage("inference"):
+                rows = self.forward_batch([record.instances for record in live], instances)
+        except Exception as error:  # noqa: BLE001 - the forward pass fails every request in it
+            failure = _batch_failure(error)
+            for record in live:
+                self._fail(record, failure, "inference", context)
+            return
+        self.metrics.device_memory(self.device)
+        with self.metrics.stage("postprocess"):
+            finite = _finite_rows(rows).tolist()
+            start = 0
+            for record in live:
+                end = start + len(record.instances)
+                self._answer(record, rows[start:end], all(finite[start:end]), context)
+                start = end
+
+    def _answer(self, record: Record, rows: torch.Tensor, finite: bool, context: Any) -> None:
+        """Postprocess one request's rows and frame them in its envelope, in its own try block."""
+        try:
+            if not finite:
+                raise InvalidInput("the model's output for this input is not finite: its values "
+                                   "are probably far outside the range the model was trained on")
+            outputs = self.postprocess(rows)
+            check_outputs(outputs, self.OUTPUTS, len(rows), f"{type(self).__name__}.postprocess")
+            answers = self.native_answers(outputs, len(rows)) if record.envelope.wants_answers else []
+            assert record.parsed is not None
+            body = record.envelope.frame(record.parsed, outputs, answers, self.signature)
+            record.body = json.dumps(body, allow_nan=False)  # a NaN fails this request, not the JSON
+            context.set_response_content_type(record.index, "application/json")
+        except Exception as error:  # noqa: BLE001 - converted to this request's status
+            self._fail(record, error, "postprocess", context)
+
+    def _fail(self, record: Record, error: Exception, stage: str, context: Any) -> None:
         """The one place an exception becomes a response: status, reason and a JSON body."""
         if not isinstance(error, RequestError):
-            logger.exception("request %d: unexpected error in %s", index, stage, exc_info=error)
+            logger.exception("request %d: unexpected error in %s", record.index, stage, exc_info=error)
             error = InternalError(f"internal error while running {stage}; the server log has details")
         elif error.status < 500:
-            logger.info("request %d rejected (%d): %s", index, error.status, error.message)
-        context.set_response_status(error.status, error.reason, index)
-        context.set_response_content_type(index, "application/json")
-        self._statuses[error.status] += 1
-        self._errors[type(error).__name__] += 1
-        return json.dumps(envelope.error_body(error))
+            logger.info("request %d rejected (%d): %s", record.index, error.status, error.message)
+        record.status, record.error = error.status, type(error).__name__
+        context.set_response_status(error.status, error.reason, record.index)
+        context.set_response_content_type(record.index, "application/json")
+        record.body = json.dumps(record.envelope.error_body(error))
 
 
 def _finite_rows(outputs: torch.Tensor) -> torch.Tensor:

@@ -1,55 +1,53 @@
-"""The three request shapes every handler speaks, chosen per request from the body.
+"""The three request shapes every model speaks, chosen per request from the body.
 
-- native:      the model's own JSON or raw body (image bytes, plain text), or
-               several form fields, each read as a native body;
+- native:      `{"<input>": one instance or a list}`, a raw body of one of the
+               input's `raw_types` (image bytes, plain text), or a multipart form
+               whose fields are each read as a native body;
 - KServe v1:   {"instances": [...]}                      -> {"predictions": [...]}
 - OIP (v2):    {"inputs": [{"name", "shape", "datatype", "data"}], "id"?,
                "parameters"?, "outputs"?}               -> {"model_name", "model_version",
                                                             "id", "outputs": [...]}
 
 TorchServe hands all routes (`/predictions/NAME`, `/v1/models/NAME:predict`,
-`/v2/models/NAME/infer`) the raw body and no URL, so the body decides. Requests
-in one batch may use different shapes: each envelope decodes its own request
-into instances for the shared forward pass and frames its own answer.
+`/v2/models/NAME/infer`) the raw body and no URL, so the body decides. This is
+pure protocol: an envelope reads a request into `Parsed` against the model's
+`Signature` and frames named outputs back; it never calls the handler.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-import torch
-
-from handlers.decoded import Decoded, join_instances
-from handlers.errors import HandlerContractError, InvalidInput, RequestError
+from handlers.errors import InvalidInput, RequestError, UnsupportedMediaType, brief
 from handlers.metrics import model_identity
 from handlers.payload import Payload
-from handlers.tensors import brief, instance_values
-from handlers.validation import JSON_TYPES, check_count
+from handlers.request import Instances, Parsed
+from handlers.signature import JSON_TYPES, Input, Signature
+from handlers.tensors import OutputTensor, instance_values
 
 # Sent by OIP clients that use the binary tensor data extension (tritonclient's default).
 _BINARY_HEADER = "Inference-Header-Content-Length"
-
-if TYPE_CHECKING:
-    from handlers.base import ModelHandler
-
 _OIP_KEYS = frozenset({"id", "parameters", "inputs", "outputs"})
 
 
 class Envelope:
-    """Native framing: the handler decodes the body and each instance is answered by `encode`."""
+    """Native framing: the model's own body in, one answer (or a list of them) out."""
+
+    wants_answers = True  # frame() needs each instance's native JSON answer
 
     def __init__(self, parts: Sequence[Payload] = ()) -> None:
         self.parts = list(parts)
 
-    def decode(self, handler: ModelHandler) -> Decoded:
+    def parse(self, signature: Signature) -> Parsed:
         if len(self.parts) == 1:
-            return handler.decode(self.parts[0])
-        return _join_form_fields(handler, self.parts)
+            return Parsed([read_native(self.parts[0], signature.input)])
+        return Parsed([read_native(part, signature.input, label=f"form field '{part.field}'")
+                       for part in self.parts])
 
-    def answer(self, handler: ModelHandler, rows: torch.Tensor, single: bool) -> Any:
-        encoded = [handler.encode(row) for row in rows]
-        return encoded[0] if single else encoded
+    def frame(self, parsed: Parsed, outputs: Mapping[str, Any], answers: list[Any],
+              signature: Signature) -> Any:
+        return answers[0] if parsed.single else answers
 
     def error_body(self, error: RequestError) -> dict[str, Any]:
         return error.body()
@@ -62,28 +60,31 @@ class KServeV1(Envelope):
         super().__init__()
         self.document = document
 
-    def decode(self, handler: ModelHandler) -> Decoded:
+    def parse(self, signature: Signature) -> Parsed:
         instances = self.document["instances"]
         if not isinstance(instances, list) or not instances:
             raise InvalidInput("'instances' must be a non-empty list of instances")
-        check_count(len(instances), handler.max_instances, "instances")
-        return Decoded(handler.decode_instances(instances, "instances"), single=False)
+        names = [f"instances[{number}]" for number in range(len(instances))]
+        values = [_unwrap(value, name, signature.input) for value, name in zip(instances, names, strict=True)]
+        return Parsed([Instances(values, names)])
 
-    def answer(self, handler: ModelHandler, rows: torch.Tensor, single: bool) -> Any:
-        return {"predictions": [handler.encode(row) for row in rows]}
+    def frame(self, parsed: Parsed, outputs: Mapping[str, Any], answers: list[Any],
+              signature: Signature) -> Any:
+        return {"predictions": answers}
 
 
 class OpenInference(Envelope):
     """An Open Inference Protocol (KServe v2) request; errors are {"error": "..."} as the spec says."""
+
+    wants_answers = False
 
     def __init__(self, document: dict[str, Any] | None, context: Any, index: int) -> None:
         super().__init__()
         self.document = document  # None: a binary-extension request, which we do not read
         self.model_name, self.model_version = model_identity(context)
         self.request_id = _request_id(document, context, index)
-        self.wanted_outputs: list[str] = []
 
-    def decode(self, handler: ModelHandler) -> Decoded:
+    def parse(self, signature: Signature) -> Parsed:
         document = self.document
         if document is None:
             raise InvalidInput("the OIP binary tensor data extension is not supported; send the "
@@ -95,32 +96,24 @@ class OpenInference(Envelope):
             raise InvalidInput("'id' must be a string")
         if not isinstance(document.get("parameters", {}), dict):
             raise InvalidInput("'parameters' must be an object")
-        self.wanted_outputs = _wanted_outputs(document.get("outputs", []), handler.OUTPUTS)
-        inputs = document["inputs"]
-        if handler.INPUT is None:
-            raise InvalidInput("this model does not take Open Inference Protocol requests")
+        wanted = _wanted_outputs(document.get("outputs", []), signature.output_names())
+        spec, inputs = signature.input, document["inputs"]
         if not isinstance(inputs, list) or len(inputs) != 1:
-            raise InvalidInput(
-                f"'inputs' must be a list of exactly one tensor (this model's input "
-                f"'{handler.INPUT.name}', shape {handler.INPUT.expected_shape()})"
-            )
-        values = instance_values(inputs[0], handler.INPUT, "inputs[0]")
-        check_count(len(values), handler.max_instances, "instances")
-        return Decoded(handler.decode_instances(values, "inputs[0]"), single=False)
+            raise InvalidInput(f"'inputs' must be a list of exactly one tensor (this model's input "
+                               f"'{spec.name}', shape {spec.expected_shape()})")
+        values = instance_values(inputs[0], spec, "inputs[0]")
+        return Parsed([Instances(values, [f"inputs[0][{number}]" for number in range(len(values))])],
+                      outputs=tuple(wanted))
 
-    def answer(self, handler: ModelHandler, rows: torch.Tensor, single: bool) -> Any:
-        outputs = {tensor.name: tensor for tensor in handler.encode_outputs(rows)}
-        if list(outputs) != list(handler.OUTPUTS):
-            raise HandlerContractError(
-                f"{type(handler).__name__}.encode_outputs gave {list(outputs)}, "
-                f"but its OUTPUTS are {handler.OUTPUTS}"
-            )
-        chosen = [outputs[name] for name in self.wanted_outputs] or list(outputs.values())
+    def frame(self, parsed: Parsed, outputs: Mapping[str, Any], answers: list[Any],
+              signature: Signature) -> Any:
+        specs = {spec.name: spec for spec in signature.outputs}
+        names = parsed.outputs or tuple(specs)  # as asked for, else all in declared order
         return {
             "model_name": self.model_name,
             "model_version": self.model_version,
             "id": self.request_id,
-            "outputs": [tensor.to_json() for tensor in chosen],
+            "outputs": [OutputTensor.of(specs[name], outputs[name]).to_json() for name in names],
         }
 
     def error_body(self, error: RequestError) -> dict[str, Any]:
@@ -138,7 +131,7 @@ def open_envelope(parts: Sequence[Payload], context: Any, index: int) -> Envelop
     try:
         document = parts[0].json()
     except RequestError:
-        return Envelope(parts)  # not JSON: the handler reads it (an image, text) or says why not
+        return Envelope(parts)  # not JSON: maybe a raw body (an image, text), or a 400 on reading
     if isinstance(document, dict) and "inputs" in document:  # with "instances" too: OIP says no
         return OpenInference(document, context, index)
     if isinstance(document, dict) and "instances" in document:
@@ -146,17 +139,48 @@ def open_envelope(parts: Sequence[Payload], context: Any, index: int) -> Envelop
     return Envelope([parts[0].with_document(document)])
 
 
-def _join_form_fields(handler: ModelHandler, parts: Sequence[Payload]) -> Decoded:
-    """Each form field is a native body; their instances are joined in the order sent."""
-    pieces = []
-    for part in parts:
-        try:
-            pieces.append(handler.decode(part).instances)
-        except RequestError as error:
-            raise type(error)(f"form field '{part.field}': {error.message}") from None
-    joined = join_instances(pieces)
-    check_count(len(joined), handler.max_instances, "instances")
-    return Decoded(joined, single=False)
+def read_native(payload: Payload, spec: Input, label: str = "") -> Instances:
+    """A native body: JSON `{"<input>": one instance or a list}`, or a raw body as one instance."""
+    content_type = payload.content_type
+    if not payload.parsed and content_type in spec.raw_types:
+        value = payload.text() if content_type.startswith("text/") else payload.raw_bytes()
+        return Instances([value], ["body"], single=True, raw=True, label=label)
+    if not payload.parsed and content_type not in JSON_TYPES:
+        raise UnsupportedMediaType(
+            f"content type '{content_type}' is not supported; send {spec.media_types()}")
+    document = payload.json()
+    if not isinstance(document, dict) or spec.name not in document:
+        raise InvalidInput(f"expected a JSON object {spec.json_example()}")
+    value = document[spec.name]
+    if _depth(value) <= spec.rank():
+        return Instances([value], [spec.name], single=True, label=label)
+    if not value:
+        raise InvalidInput(f"'{spec.name}' is an empty list; send at least one instance")
+    return Instances(list(value), [f"{spec.name}[{n}]" for n in range(len(value))], label=label)
+
+
+def _depth(value: Any) -> int:
+    """How deeply `value` nests lists, following first items: 0 for a scalar, 1 for [1, 2], ..."""
+    depth = 0
+    while isinstance(value, list):
+        depth += 1
+        value = value[0] if value else None
+    return depth
+
+
+def _unwrap(value: Any, where: str, spec: Input) -> Any:
+    """A v1 instance as sent, or wrapped in its input's name: [30 numbers] or {"features": [...]}.
+
+    A BYTES input also passes {"b64": ...} through: v1's way of sending binary data.
+    """
+    if not isinstance(value, dict):
+        return value
+    if spec.name in value:
+        return value[spec.name]
+    if "b64" in value and "BYTES" in spec.datatypes:
+        return value
+    one = spec.one_instance()
+    raise InvalidInput(f"'{where}' must be {one} or {{\"{spec.name}\": {one}}}")
 
 
 def _wanted_outputs(outputs: Any, available: Sequence[str]) -> list[str]:

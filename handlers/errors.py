@@ -6,6 +6,10 @@ Each error also inherits the matching builtin (an invalid input is also a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 
 class RequestError(Exception):
     """A problem with one request: it gets `status` and a JSON body, the batch goes on."""
@@ -56,3 +60,18 @@ class OutOfResources(RequestError, MemoryError):
 
 class HandlerContractError(RuntimeError):
     """A handler broke the base class contract (a bug, not a client mistake)."""
+
+
+@contextmanager
+def located(where: str) -> Iterator[None]:
+    """Prefix the message of a RequestError raised inside with `where` ("'image[2]': ...")."""
+    try:
+        yield
+    except RequestError as error:
+        raise type(error)(f"{where}: {error.message}") from None
+
+
+def brief(value: Any, limit: int = 40) -> str:
+    """`repr(value)`, cut to `limit` characters: error messages must not echo a whole body."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

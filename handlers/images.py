@@ -12,8 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from handlers.errors import InvalidInput, PayloadTooLarge
-from handlers.tensors import brief
+from handlers.errors import InvalidInput, PayloadTooLarge, brief
 
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")  # all Pillow would parse is more attack surface
 _FORMAT_NAMES = "PNG, JPEG, BMP, GIF, WebP or TIFF"

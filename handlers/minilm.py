@@ -18,17 +18,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from handlers.architectures import MeanPooledEncoder
-from handlers.base import Decoded, ModelHandler
-from handlers.errors import InvalidInput, PayloadTooLarge
-from handlers.options import OptionsError, check_range
-from handlers.payload import Payload
-from handlers.runtime import RuntimeOptions, length_buckets, to_device
-from handlers.tensors import OutputTensor, TensorSpec
-from handlers.validation import JSON_TYPES, check_count, require_content_type
-from handlers.weights import load_module
-
-_TEXT_TYPES = JSON_TYPES | {"text/plain"}
+from handlers import (
+    Input,
+    Instances,
+    InvalidInput,
+    ModelHandler,
+    Output,
+    PayloadTooLarge,
+    RuntimeOptions,
+    load_weights,
+    option,
+)
+from handlers.architectures import MINILM_WIDTH, MeanPooledEncoder
+from handlers.runtime import length_buckets, to_device
 
 
 class MiniLMHandler(ModelHandler):
@@ -42,32 +44,23 @@ class MiniLMHandler(ModelHandler):
     (16, 32, 64, ... max_length tokens).
     """
 
-    INPUT = TensorSpec("text", frozenset({"BYTES"}))
-    OUTPUTS = ("embedding",)
-    NETWORK_INPUTS = {name: ("batch", "sequence")
-                      for name in ("input_ids", "attention_mask", "token_type_ids")}
+    INPUT = Input("text", frozenset({"BYTES"}), raw_types=frozenset({"text/plain"}))
+    OUTPUTS = (Output("embedding", "FP32", (MINILM_WIDTH,)),)
+    NETWORK_INPUTS = {name: ("sequence",) for name in ("input_ids", "attention_mask", "token_type_ids")}
 
     @dataclass(frozen=True)
     class Options(RuntimeOptions):  # nested: TorchServe wants exactly one class per handler module
         weights: str = "model.safetensors"
         model_config: str = "config.json"
         tokenizer: str = "tokenizer.json"
-        max_length: int = 256
-        max_instances: int = 64
-        max_chars: int = 20_000
+        # BERT's position table has 512 entries: longer inputs would fail the whole batch.
+        max_length: int = option(256, low=2, high=512)
+        max_instances: int = option(64, low=1)
+        max_chars: int = option(20_000, low=1)
         length_buckets: bool = True
-        max_padding: float = 0.25  # padded tokens / real tokens - 1, per chunk
+        max_padding: float = option(0.25, low=0, high=10)  # padded tokens / real tokens - 1, per chunk
 
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            # BERT's position table has 512 entries: longer inputs would fail the whole batch.
-            check_range("max_length", self.max_length, 2, 512)
-            check_range("max_instances", self.max_instances, 1)
-            check_range("max_chars", self.max_chars, 1)
-            if not 0 <= self.max_padding <= 10:
-                raise OptionsError("max_padding", f"must be between 0 and 10, got {self.max_padding}")
-
-    def load(self, model_dir: Path) -> None:
+    def setup(self, model_dir: Path) -> None:
         from tokenizers import Tokenizer  # imported here: only this handler needs it
 
         tokenizer = Tokenizer.from_file(str(model_dir / self.options.tokenizer))
@@ -77,15 +70,15 @@ class MiniLMHandler(ModelHandler):
         self.pad_id = tokenizer.token_to_id("[PAD]") or 0
         self.lengths = length_buckets(self.options.max_length)
 
-    def network(self, model_dir: Path) -> nn.Module:
+    def load_model(self, model_dir: Path) -> nn.Module:
         from transformers import BertConfig, BertModel
 
         config = BertConfig.from_json_file(str(model_dir / self.options.model_config))
         # The pooler is never used (we mean-pool); transformers 4.x checkpoints keep
         # position_ids, a buffer newer versions rebuild.
-        bert = load_module(BertModel(config, add_pooling_layer=False), model_dir / self.options.weights,
-                           torch.device("cpu"), mmap=self.options.mmap_weights,
-                           ignore=("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias"))
+        bert = load_weights(BertModel(config, add_pooling_layer=False), model_dir / self.options.weights,
+                            mmap=self.options.mmap_weights,
+                            ignore=("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias"))
         return MeanPooledEncoder(bert).eval()
 
     def warmup_instances(self) -> list[list[str]]:
@@ -96,26 +89,10 @@ class MiniLMHandler(ModelHandler):
         chunk = self._pad(self.tokenizer.encode_batch(["the quick brown fox"] * size))
         return tuple(chunk[name] for name in self.NETWORK_INPUTS)
 
-    def decode(self, payload: Payload) -> Decoded:
-        require_content_type(payload, _TEXT_TYPES, 'application/json {"text": ...} or text/plain')
-        if payload.content_type == "text/plain":
-            texts, single = [payload.text()], True
-        else:
-            texts, single = self._texts_from_json(payload.json())
-        check_count(len(texts), self.options.max_instances, "texts")
-        for position, text in enumerate(texts):
-            self._check_text(text, "text" if single else f"text[{position}]")
-        return Decoded(texts, single)
-
-    def decode_instances(self, values: list[Any], where: str) -> list[str]:
-        texts = []
-        for position, value in enumerate(values):
-            if isinstance(value, dict) and "text" not in value:
-                raise InvalidInput(f"'{where}[{position}]' must be a string or {{\"text\": \"...\"}}")
-            text = value["text"] if isinstance(value, dict) else value
-            self._check_text(text, f"{where}[{position}]")
-            texts.append(text)
-        return texts
+    def preprocess(self, request: Instances) -> list[str]:
+        for text, name in zip(request.values, request.names, strict=True):
+            self._check_text(text, name)
+        return request.values
 
     def collate(self, per_request: Any) -> dict[str, Any]:
         """Token chunks ready for the model, and where each chunk's rows go in the batch."""
@@ -129,7 +106,7 @@ class MiniLMHandler(ModelHandler):
         return {"chunks": [self._pad([encodings[i] for i in chunk]) for chunk in chunks],
                 "order": torch.tensor([i for chunk in chunks for i in chunk], dtype=torch.long)}
 
-    def predict(self, batch: dict[str, Any]) -> torch.Tensor:
+    def inference(self, batch: dict[str, Any]) -> torch.Tensor:
         pooled = torch.cat([self._embed(chunk) for chunk in batch["chunks"]])
         rows = torch.empty_like(pooled)
         rows[batch["order"].to(pooled.device)] = pooled
@@ -150,18 +127,6 @@ class MiniLMHandler(ModelHandler):
             columns["token_type_ids"].append(encoding.type_ids + padding)
         return {name: to_device(torch.tensor(values, dtype=torch.long), self.device)
                 for name, values in columns.items()}
-
-    def encode(self, row: torch.Tensor) -> Any:
-        return {"embedding": row.tolist()}
-
-    def encode_outputs(self, rows: torch.Tensor) -> list[OutputTensor]:
-        return [OutputTensor.of("embedding", "FP32", rows)]
-
-    def _texts_from_json(self, document: Any) -> tuple[list[Any], bool]:
-        if not isinstance(document, dict) or "text" not in document:
-            raise InvalidInput('expected a JSON object {"text": "..."} or {"text": ["...", ...]}')
-        text = document["text"]
-        return ([text], True) if not isinstance(text, list) else (text, False)
 
     def _check_text(self, text: Any, where: str) -> None:
         if not isinstance(text, str):

@@ -1,5 +1,10 @@
 """Handler options: the `handler:` section of a model-config, parsed once into a frozen dataclass.
 
+A field's bounds are declared with its default, and checked when it is built:
+
+    max_instances: int = option(256, low=1)
+    class_names: tuple[str, ...] = option(("malignant", "benign"), length=2)
+
 Both the archive step (fail fast, before anything is written) and the worker
 (`initialize`) parse with the same function, so a config that archives is a
 config that loads.
@@ -61,8 +66,19 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     raise OptionsError(key, f"unsupported option type {hint!r}")
 
 
-def check_range(key: str, value: int, low: int, high: int | None = None) -> None:
-    """For `__post_init__`: raise OptionsError unless low <= value (<= high)."""
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise OptionsError(key, f"must be {bound}, got {value}")
+def option(default: Any, *, low: float | None = None, high: float | None = None,
+           length: int | None = None) -> Any:
+    """A dataclass field: `default`, with the bounds `check_bounds` enforces."""
+    return dataclasses.field(default=default, metadata={"low": low, "high": high, "length": length})
+
+
+def check_bounds(options: Any) -> None:
+    """Raise OptionsError for the first field outside the bounds its `option()` declares."""
+    for field in dataclasses.fields(options):
+        value, bounds = getattr(options, field.name), field.metadata
+        if bounds.get("length") is not None and len(value) != bounds["length"]:
+            raise OptionsError(field.name, f"needs {bounds['length']} values, got {len(value)}")
+        low, high = bounds.get("low"), bounds.get("high")
+        if (low is not None and value < low) or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise OptionsError(field.name, f"must be {bound}, got {value}")

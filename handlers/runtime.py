@@ -1,7 +1,9 @@
-"""The speed switches every handler shares: the runtime part of a `handler:` section.
+"""The options every handler shares: the request limit and the speed switches.
 
 Every handler's `Options` subclasses `RuntimeOptions`, so these keys work in any
-model YAML (docs/PERFORMANCE.md measures each one):
+model YAML (docs/PERFORMANCE.md measures each speed switch):
+
+    max_instances: 64       # instances one request may carry (413 beyond); each model sets its own
 
     backend: torch          # or onnx: run an ONNX Runtime session exported at archive time
     warmup: true            # forward passes at every batch size inside initialize(): READY means warm
@@ -27,7 +29,7 @@ from typing import Any, Literal
 
 import torch
 
-from handlers.options import OptionsError, check_range
+from handlers.options import OptionsError, check_bounds, option
 
 logger = logging.getLogger(__name__)
 LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512)  # token counts text is padded to with static shapes
@@ -35,8 +37,9 @@ LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512)  # token counts text is padded to w
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How the forward pass runs; the base of every handler's Options."""
+    """How many instances a request may carry and how the forward pass runs; the base of every Options."""
 
+    max_instances: int = option(64, low=1)
     backend: Literal["torch", "onnx"] = "torch"
     onnx_file: str = "model.onnx"  # written by the archive step when backend is onnx
     warmup: bool = True
@@ -47,16 +50,13 @@ class RuntimeOptions:
     compile_cache_dir: str = ""
     quantize: Literal["none", "int8"] = "none"
     quantize_skip: tuple[str, ...] = ()
-    max_quantization_loss: float = 0.01
+    max_quantization_loss: float = option(0.01, low=0, high=1)
     mmap_weights: bool = True
-    threads: int = 0
+    threads: int = option(0, low=0)
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
 
     def __post_init__(self) -> None:
-        check_range("threads", self.threads, 0)
-        if not 0 <= self.max_quantization_loss <= 1:
-            raise OptionsError("max_quantization_loss",
-                               f"must be between 0 and 1, got {self.max_quantization_loss}")
+        check_bounds(self)
         if self.backend == "onnx" and (self.compile or self.quantize != "none" or self.precision != "fp32"):
             raise OptionsError("backend", "compile, quantize and precision apply to the torch backend; "
                                           "with backend: onnx leave them at their defaults")

@@ -17,82 +17,47 @@ from typing import Any
 import torch
 from torch import nn
 
+from handlers import (
+    NUMBER_TYPES,
+    Input,
+    Instances,
+    ModelHandler,
+    Output,
+    RuntimeOptions,
+    float_matrix,
+    load_weights,
+    option,
+)
 from handlers.architectures import TABULAR_CLASSES, TABULAR_FEATURES, TabularMLP
-from handlers.base import Decoded, ModelHandler
-from handlers.errors import InvalidInput
-from handlers.options import OptionsError, check_range
-from handlers.payload import Payload
-from handlers.runtime import RuntimeOptions
-from handlers.tensors import NUMBER_TYPES, OutputTensor, TensorSpec
-from handlers.validation import JSON_TYPES, float_matrix, float_rows, require_content_type
-from handlers.weights import load_module
-
-_EXPECTED = f'a JSON object {{"features": [{TABULAR_FEATURES} numbers]}}'
 
 
 class TabularHandler(ModelHandler):
     """Scaling lives inside the model, so clients send raw feature values."""
 
-    INPUT = TensorSpec("features", NUMBER_TYPES, (TABULAR_FEATURES,))
-    OUTPUTS = ("label", "class_index", "probabilities")
-    NETWORK_INPUTS = {"features": ("batch",)}
+    INPUT = Input("features", NUMBER_TYPES, (TABULAR_FEATURES,))
+    OUTPUTS = (Output("label", "BYTES"), Output("class_index", "INT64"),
+               Output("probabilities", "FP32", (TABULAR_CLASSES,)))
+    NETWORK_INPUTS = {"features": (TABULAR_FEATURES,)}
 
     @dataclass(frozen=True)
     class Options(RuntimeOptions):  # nested: TorchServe wants exactly one class per handler module
         weights: str = "tabular.safetensors"
-        class_names: tuple[str, ...] = ("malignant", "benign")
-        max_instances: int = 256
+        class_names: tuple[str, ...] = option(("malignant", "benign"), length=TABULAR_CLASSES)
+        max_instances: int = option(256, low=1)
 
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            check_range("max_instances", self.max_instances, 1)
-            if len(self.class_names) != TABULAR_CLASSES:
-                raise OptionsError("class_names", f"needs {TABULAR_CLASSES} names, one per class")
-
-    def network(self, model_dir: Path) -> nn.Module:
-        mlp = load_module(TabularMLP(), model_dir / self.options.weights, torch.device("cpu"),
-                          mmap=self.options.mmap_weights)
+    def load_model(self, model_dir: Path) -> nn.Module:
+        mlp = load_weights(TabularMLP(), model_dir / self.options.weights, mmap=self.options.mmap_weights)
         return nn.Sequential(mlp, nn.Softmax(dim=1))
 
-    def warmup_instances(self) -> list[torch.Tensor]:
-        return [torch.zeros(1, TABULAR_FEATURES)]
+    def preprocess(self, request: Instances) -> torch.Tensor:
+        return float_matrix(request.values, TABULAR_FEATURES, request.names)
 
-    def decode(self, payload: Payload) -> Decoded:
-        require_content_type(payload, JSON_TYPES, "application/json")
-        document = payload.json()
-        if not isinstance(document, dict) or "features" not in document:
-            raise InvalidInput(f"expected {_EXPECTED}")
-        rows, single = float_rows(
-            document["features"], TABULAR_FEATURES, "features", self.options.max_instances
-        )
-        return Decoded(rows, single)
-
-    def decode_instances(self, values: list[Any], where: str) -> torch.Tensor:
-        names = [f"{where}[{number}]" for number in range(len(values))]
-        rows = []
-        for value, name in zip(values, names, strict=True):
-            if isinstance(value, dict) and "features" not in value:
-                raise InvalidInput(f"'{name}' must be [{TABULAR_FEATURES} numbers] or {_EXPECTED}")
-            rows.append(value["features"] if isinstance(value, dict) else value)
-        return float_matrix(rows, TABULAR_FEATURES, names)
-
-    def predict(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.engine(batch)
-
-    def encode(self, row: torch.Tensor) -> Any:
-        probabilities = row.tolist()
-        best = max(range(len(probabilities)), key=probabilities.__getitem__)
-        names = self.options.class_names
-        return {
-            "label": names[best],
-            "class_index": best,
-            "probabilities": dict(zip(names, probabilities, strict=True)),
-        }
-
-    def encode_outputs(self, rows: torch.Tensor) -> list[OutputTensor]:
+    def postprocess(self, rows: torch.Tensor) -> dict[str, Any]:
         best = rows.argmax(dim=1)
-        return [
-            OutputTensor.of("label", "BYTES", [self.options.class_names[i] for i in best.tolist()]),
-            OutputTensor.of("class_index", "INT64", best),
-            OutputTensor.of("probabilities", "FP32", rows),
-        ]
+        labels = [self.options.class_names[index] for index in best.tolist()]
+        return {"label": labels, "class_index": best, "probabilities": rows}
+
+    def answer(self, outputs: dict[str, Any]) -> Any:
+        """Probabilities keyed by class name, so a client need not know the class order."""
+        names = self.options.class_names
+        return {**outputs, "probabilities": dict(zip(names, outputs["probabilities"], strict=True))}

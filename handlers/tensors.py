@@ -3,7 +3,7 @@
 An OIP tensor in JSON is `{"name", "shape", "datatype", "data"}`, with `data`
 in row-major order, flat or nested. Our models take one input whose first
 dimension counts instances; `instance_values` checks the tensor against the
-model's `TensorSpec` and splits it into one JSON value per instance, which the
+model's `Input` and splits it into one JSON value per instance, which the
 handler then validates as it validates any other instance.
 """
 
@@ -16,36 +16,13 @@ from typing import Any
 
 import torch
 
-from handlers.errors import InvalidInput
+from handlers.errors import InvalidInput, brief
+from handlers.signature import DATATYPES, Input, Output, float_limit, integer_range
 
-_INTEGER_RANGES = {
-    "INT8": (-(2**7), 2**7 - 1), "INT16": (-(2**15), 2**15 - 1),
-    "INT32": (-(2**31), 2**31 - 1), "INT64": (-(2**63), 2**63 - 1),
-    "UINT8": (0, 2**8 - 1), "UINT16": (0, 2**16 - 1),
-    "UINT32": (0, 2**32 - 1), "UINT64": (0, 2**64 - 1),
-}
-_FLOAT_LIMITS = {  # the largest finite magnitude each float datatype holds
-    "FP16": float(torch.finfo(torch.float16).max), "BF16": float(torch.finfo(torch.bfloat16).max),
-    "FP32": float(torch.finfo(torch.float32).max), "FP64": float(torch.finfo(torch.float64).max),
-}
-NUMBER_TYPES = frozenset(_FLOAT_LIMITS) | frozenset(_INTEGER_RANGES)
-DATATYPES = NUMBER_TYPES | {"BOOL", "BYTES"}
 _TENSOR_KEYS = frozenset({"name", "shape", "datatype", "data", "parameters"})
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """The one input a model takes: its name, accepted datatypes and per-instance shape."""
-
-    name: str
-    datatypes: frozenset[str]
-    instance_shape: tuple[int, ...] = ()
-
-    def expected_shape(self) -> str:
-        return "[" + ", ".join(["N", *map(str, self.instance_shape)]) + "]"
-
-
-def instance_values(tensor: Any, spec: TensorSpec, where: str) -> list[Any]:
+def instance_values(tensor: Any, spec: Input, where: str) -> list[Any]:
     """One JSON value per instance (a number list, a string, ...) from an OIP input tensor."""
     if not isinstance(tensor, dict):
         raise InvalidInput(f"'{where}' must be an object with name, shape, datatype and data")
@@ -69,7 +46,7 @@ def instance_values(tensor: Any, spec: TensorSpec, where: str) -> list[Any]:
         )
     for position, element in enumerate(flat):
         _check_element(element, datatype, f"{where}.data[{position}]")
-    return _split(flat, shape[0], spec.instance_shape)
+    return _split(flat, shape[0], spec.shape)
 
 
 @dataclass(frozen=True)
@@ -82,11 +59,11 @@ class OutputTensor:
     data: list[Any]
 
     @classmethod
-    def of(cls, name: str, datatype: str, values: torch.Tensor | Sequence[Any]) -> OutputTensor:
-        """From a tensor or from a flat list of per-instance values (strings, ints)."""
+    def of(cls, spec: Output, values: torch.Tensor | Sequence[Any]) -> OutputTensor:
+        """One request's values of a declared output: a tensor [n, *shape] or n plain values."""
         if isinstance(values, torch.Tensor):
-            return cls(name, datatype, list(values.shape), values.flatten().tolist())
-        return cls(name, datatype, [len(values)], list(values))
+            return cls(spec.name, spec.datatype, list(values.shape), values.flatten().tolist())
+        return cls(spec.name, spec.datatype, [len(values)], list(values))
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": self.shape, "data": self.data}
@@ -101,7 +78,7 @@ def _check_parameters(parameters: Any, where: str) -> None:
         )
 
 
-def _datatype(value: Any, spec: TensorSpec, where: str) -> str:
+def _datatype(value: Any, spec: Input, where: str) -> str:
     accepted = ", ".join(sorted(spec.datatypes))
     if not isinstance(value, str) or value not in DATATYPES:
         raise InvalidInput(
@@ -112,13 +89,13 @@ def _datatype(value: Any, spec: TensorSpec, where: str) -> str:
     return str(value)
 
 
-def _shape(value: Any, spec: TensorSpec, where: str) -> list[int]:
+def _shape(value: Any, spec: Input, where: str) -> list[int]:
     expected = spec.expected_shape()
     if not isinstance(value, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
     ):
         raise InvalidInput(f"'{where}.shape' must be a list of non-negative integers like {expected}")
-    if tuple(value[1:]) != spec.instance_shape or len(value) != len(spec.instance_shape) + 1:
+    if tuple(value[1:]) != spec.shape or len(value) != len(spec.shape) + 1:
         raise InvalidInput(f"'{where}.shape' is {brief(value)}; this model takes {expected}")
     if value[0] == 0:
         raise InvalidInput(f"'{where}.shape' {value} holds no instances; send at least one")
@@ -156,11 +133,10 @@ def _check_element(element: Any, datatype: str, where: str) -> None:
         ok = isinstance(element, bool)
     elif isinstance(element, bool) or not isinstance(element, (int, float)):
         ok = False
-    elif datatype in _INTEGER_RANGES:
-        low, high = _INTEGER_RANGES[datatype]
-        ok = isinstance(element, int) and low <= element <= high
+    elif (bounds := integer_range(datatype)) is not None:
+        ok = isinstance(element, int) and bounds[0] <= element <= bounds[1]
     else:  # NaN and infinities fail here too
-        ok = _float_magnitude(element) <= _FLOAT_LIMITS[datatype]
+        ok = _float_magnitude(element) <= float_limit(datatype)
     if not ok:
         raise InvalidInput(f"'{where}' is {brief(element)}, not a valid {datatype} value")
 
@@ -171,12 +147,6 @@ def _float_magnitude(number: int | float) -> float:
     except OverflowError:  # an integer with hundreds of digits
         return math.inf
     return magnitude if math.isfinite(magnitude) else math.inf
-
-
-def brief(value: Any, limit: int = 40) -> str:
-    """`repr(value)`, cut to `limit` characters: error messages must not echo a whole body."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _split(flat: list[Any], count: int, instance_shape: tuple[int, ...]) -> list[Any]:

@@ -1,4 +1,4 @@
-"""Checks on decoded request values that several handlers share."""
+"""Checks on request values that several handlers share: instance counts and rows of numbers."""
 
 from __future__ import annotations
 
@@ -7,42 +7,16 @@ from typing import Any
 
 import torch
 
-from handlers.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from handlers.payload import Payload
-from handlers.tensors import brief
+from handlers.errors import InvalidInput, PayloadTooLarge, brief
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 _NUMBER_TYPES = frozenset({int, float})  # not bool: True is not a feature value
-# Media types read as JSON ("" is a request without a Content-Type).
-JSON_TYPES = frozenset({"application/json", "text/json", ""})
-
-
-def require_content_type(payload: Payload, accepted: frozenset[str], expected: str) -> None:
-    """415 unless the request's media type is one of `accepted`."""
-    if payload.content_type not in accepted:
-        raise UnsupportedMediaType(
-            f"content type '{payload.content_type}' is not supported; send {expected}"
-        )
 
 
 def check_count(count: int, limit: int, what: str) -> None:
     """413 when one request carries more than `limit` instances."""
     if count > limit:
         raise PayloadTooLarge(f"{count} {what} in one request; the limit is {limit}")
-
-
-def float_rows(value: Any, width: int, field: str, max_rows: int) -> tuple[torch.Tensor, bool]:
-    """A row of `width` finite numbers, or a list of such rows, as a float32 tensor [N, width].
-
-    Returns the tensor and whether a single row was sent (without a list around it).
-    """
-    if not isinstance(value, list) or not value:
-        raise InvalidInput(f"'{field}' must be a list of {width} numbers or a list of such lists")
-    single = not isinstance(value[0], list)
-    if single:
-        return float_matrix([value], width, [field]), True
-    check_count(len(value), max_rows, "rows")
-    return float_matrix(value, width, [f"{field}[{number}]" for number in range(len(value))]), False
 
 
 def float_matrix(rows: list[Any], width: int, names: list[str]) -> torch.Tensor:

@@ -23,31 +23,20 @@ _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF
            "U8": torch.uint8, "BOOL": torch.bool}
 
 
-def load_module(module: M, path: Path, device: torch.device, ignore: tuple[str, ...] = (),
-                mmap: bool = False) -> M:
-    """Fill `module` from a safetensors file and return it on `device`, in eval mode."""
-    load_state_dict_into(module, path, device, ignore, mmap)
-    return module.to(device).eval()
+def load_weights(module: M, path: Path, *, mmap: bool = False, ignore: tuple[str, ...] = ()) -> M:
+    """Fill `module` on the CPU from a safetensors file, strictly, and return it in eval mode.
 
-
-def load_state_dict_into(
-    module: torch.nn.Module, path: Path, device: torch.device, ignore: tuple[str, ...] = (),
-    mmap: bool = False,
-) -> None:
-    """Fill `module` from a safetensors file, strictly (a missing or extra key is an error).
-
-    `ignore` names saved keys the module no longer keeps, such as buffers that a
-    newer library version made non-persistent. `mmap` (CPU only) shares the file's pages.
+    A missing or extra key is an error. `ignore` names saved keys the module no
+    longer keeps, such as buffers a newer library version made non-persistent.
+    The engine moves the module to its device afterwards.
     """
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} is not in the model archive")
-    if mmap and device.type == "cpu":
-        state = mapped_safetensors(path)
-    else:
-        state = load_file(str(path), device=str(device))
+    state = mapped_safetensors(path) if mmap else load_file(str(path))
     for key in ignore:
         state.pop(key, None)
-    module.load_state_dict(state, strict=True, assign=mmap and device.type == "cpu")
+    module.load_state_dict(state, strict=True, assign=mmap)
+    return module.eval()
 
 
 def mapped_safetensors(path: Path) -> dict[str, torch.Tensor]:

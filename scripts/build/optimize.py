@@ -28,10 +28,9 @@ import torch
 
 from handlers.base import ModelHandler
 from handlers.options import OptionsError, parse_options
-from handlers.payload import Payload
-from scripts.harness import LocalModel
 from scripts.build.heldout import HeldOut, held_out
 from scripts.config.model import ConfigError, ModelSpec, handler_class
+from scripts.harness import LocalModel
 
 logger = logging.getLogger(__name__)
 ONNX_TOLERANCE = 1e-4  # largest absolute output difference an export may show
@@ -125,8 +124,7 @@ def _local(spec: ModelSpec, handler_type: type[ModelHandler], model_dir: Path,
 def outputs(model: LocalModel, data: HeldOut) -> torch.Tensor:
     """The handler's output rows for every held-out request, batchSize requests at a time."""
     handler = model.handler
-    decoded = [handler.decode(Payload.of(0, "body", body, data.content_type, {})).instances
-               for body in data.bodies]
+    decoded = [handler.instances_of(body, data.content_type) for body in data.bodies]
     size = int(model.context.system_properties.get("batch_size") or 1)
     batches = [decoded[start:start + size] for start in range(0, len(decoded), size)]
     return torch.cat([handler.forward_batch(batch, sum(len(item) for item in batch)) for batch in batches])
@@ -144,13 +142,14 @@ def compare(reference: LocalModel, candidate: LocalModel, data: HeldOut) -> Comp
 
 
 def export_onnx(handler: ModelHandler, path: Path) -> None:
-    """Export the handler's float network with its variable axes (NETWORK_INPUTS) left dynamic."""
+    """Export the handler's float network with its batch and variable axes (NETWORK_INPUTS) left dynamic."""
     dims: dict[str, Any] = {}
     dynamic_shapes = tuple(  # one {axis: Dim} per input, in the network's argument order
-        {axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in enumerate(labels)}
-        for labels in handler.NETWORK_INPUTS.values()
+        {axis: dims.setdefault(label, torch.export.Dim(label))
+         for axis, label in enumerate(("batch", *shape)) if isinstance(label, str)}
+        for shape in handler.NETWORK_INPUTS.values()
     )
-    network = handler.network(path.parent).eval()
+    network = handler.load_model(path.parent).eval()
     # The exporter warns about every torchvision operator it cannot register (not ours), and
     # its optimizer logs each rewrite: keep the archive step's output readable.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)

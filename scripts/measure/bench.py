@@ -40,7 +40,6 @@ from typing import Any
 import requests
 import torch
 
-from handlers.payload import Payload
 from scripts.build.archive import build_archive
 from scripts.config.model import CONFIG_DIR, ModelSpec, load_spec
 from scripts.harness import LocalModel
@@ -70,8 +69,7 @@ def limit_throughput(archive: Path, load: Workload, seconds: float, batch_size: 
     """Instances per second of collate + predict on decoded inputs, batch_size at a time, in-process."""
     with LocalModel.from_mar(archive) as local:
         handler = local.handler
-        decoded = [handler.decode(Payload.of(0, "body", body, load.content_type, {})).instances
-                   for body in load.bodies]
+        decoded = [handler.instances_of(body, load.content_type) for body in load.bodies]
         batches = [decoded[i:i + batch_size] for i in range(0, len(decoded) - batch_size + 1, batch_size)]
         for batch in batches[:3]:  # warm-up
             handler.forward_batch(batch, sum(len(item) for item in batch))

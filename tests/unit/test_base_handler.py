@@ -41,29 +41,29 @@ def test_every_answer_good_or_bad_names_the_version_that_produced_it(tmp_path: P
     assert [r.headers.get("X-Model-Version") for r in results] == ["7.3", "7.3"]
 
 
-def test_a_bug_in_decode_is_a_500_for_that_request_only(echo: LocalModel) -> None:
-    results = echo.run([RawRequest.json({"x": 1, "boom": True}), RawRequest.json({"x": 2})])
+def test_a_bug_in_preprocess_is_a_500_for_that_request_only(echo: LocalModel) -> None:
+    results = echo.run([RawRequest.json({"x": EchoHandler.BUG}), RawRequest.json({"x": 2})])
     assert [r.status for r in results] == [500, 200]
     assert "KeyError" not in results[0].body and "Traceback" not in results[0].body
     assert results[1].json() == 4.0
 
 
-def test_a_bug_in_encode_is_a_500_for_that_request_only(echo: LocalModel) -> None:
-    echo.handler.encode_fails_on = 4.0
+def test_a_bug_in_postprocess_is_a_500_for_that_request_only(echo: LocalModel) -> None:
+    echo.handler.postprocess_fails_on = 4.0
     results = echo.run([RawRequest.json({"x": 2}), RawRequest.json({"x": 3})])
     assert [r.status for r in results] == [500, 200]
     assert results[1].json() == 6.0
 
 
 def test_a_failed_forward_pass_fails_its_requests_but_keeps_decode_errors(echo: LocalModel) -> None:
-    echo.handler.fail_predict = RuntimeError("kernel exploded")
+    echo.handler.fail_inference = RuntimeError("kernel exploded")
     results = echo.run([RawRequest.json({"x": 1}), RawRequest(b"nope"), RawRequest.json({"x": 2})])
     assert [r.status for r in results] == [500, 400, 500]
     assert "kernel exploded" not in results[0].body
 
 
 def test_out_of_memory_in_the_forward_pass_is_507(echo: LocalModel) -> None:
-    echo.handler.fail_predict = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")
+    echo.handler.fail_inference = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")
     results = echo.run([RawRequest.json({"x": 1})])
     assert results[0].status == 507
 
@@ -85,7 +85,8 @@ def test_non_finite_output_is_that_requests_400_with_valid_json(echo: LocalModel
 
 
 def test_json_document_that_is_a_string_is_not_parsed_twice(echo: LocalModel) -> None:
-    results = echo.run([RawRequest.json('{"x": 1}'), RawRequest(b"[" * 100_000, "text/plain")])
+    # ... and a body nested too deeply for any JSON parser is a 400, not a crash.
+    results = echo.run([RawRequest.json('{"x": 1}'), RawRequest(b"[" * 100_000, "application/json")])
     assert [r.status for r in results] == [400, 400]
 
 

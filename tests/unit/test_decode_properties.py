@@ -1,6 +1,6 @@
-"""Property tests: any body, in any request shape, gives decoded instances or a RequestError.
+"""Property tests: any body, in any request shape, gives preprocessed instances or a RequestError.
 
-They drive the same path `handle` takes for one request (envelope, then decode)
+They drive the same path `handle` takes for one request (envelope, then preprocess)
 and check that nothing else ever escapes: no TypeError, no KeyError, no tensor
 with a NaN in it.
 """
@@ -16,11 +16,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from handlers.base import Decoded, ModelHandler
-from handlers.envelopes import open_envelope
+from handlers.base import ModelHandler
 from handlers.errors import RequestError
-from handlers.payload import Payload
-from handlers.tensors import DATATYPES
+from handlers.signature import DATATYPES
 from scripts.harness import LocalModel
 
 MODELS = ("tabular", "digits", "minilm")
@@ -60,17 +58,16 @@ def handlers() -> dict[str, ModelHandler]:
 
 
 def decode_or_request_error(handler: ModelHandler, body: Any, content_type: str) -> None:
-    payload = Payload.of(0, "body", body, content_type, {})
     try:
-        decoded = open_envelope([payload], None, 0).decode(handler)
+        instances = handler.instances_of(body, content_type)
     except RequestError as error:
         assert 400 <= error.status < 500 and error.message
         return
-    assert isinstance(decoded, Decoded) and len(decoded.instances) >= 1
-    if isinstance(decoded.instances, torch.Tensor):
-        assert torch.isfinite(decoded.instances).all()
+    assert len(instances) >= 1
+    if isinstance(instances, torch.Tensor):
+        assert torch.isfinite(instances).all()
     else:
-        assert all(isinstance(text, str) and text.strip() for text in decoded.instances)
+        assert all(isinstance(text, str) and text.strip() for text in instances)
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -108,7 +105,6 @@ def test_valid_tabular_rows_always_decode(handlers: dict[str, ModelHandler],
         "oip-nested": {"inputs": [{"name": "features", "shape": [len(rows), 30], "datatype": "FP64",
                                    "data": rows}]},
     }[shape]
-    payload = Payload.of(0, "body", document, "application/json", {})
-    decoded = open_envelope([payload], None, 0).decode(handlers["tabular"])
-    assert decoded.instances.shape == (len(rows), 30)
-    assert decoded.instances.flatten().tolist() == pytest.approx(flat)
+    instances = handlers["tabular"].instances_of(document, "application/json")
+    assert instances.shape == (len(rows), 30)
+    assert instances.flatten().tolist() == pytest.approx(flat)

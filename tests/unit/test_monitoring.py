@@ -66,7 +66,7 @@ def test_metric_lines_parse_as_the_frontend_parses_them(caplog: pytest.LogCaptur
     context = type("Context", (), {"metrics": cache, "model_name": "m:odel,x",
                                    "manifest": {"model": {"modelVersion": "1.0"}}})()
     metrics = HandlerMetrics(context)
-    with metrics.stage("decode"):
+    with metrics.stage("preprocess"):
         pass
     metrics.batch(3, 5)
     metrics.outcomes(Counter({200: 2, 400: 1}), Counter({"InvalidInput": 1}))

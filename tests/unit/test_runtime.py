@@ -85,14 +85,14 @@ def test_warm_up_runs_every_batch_size_the_worker_will_see(tmp_path: Path) -> No
     def sizes_seen(options: dict) -> set[int]:
         handler = EchoHandler()
         seen: set[int] = set()
-        original = handler.network
+        original = handler.load_model
 
-        def network(model_dir: Path) -> torch.nn.Module:
+        def load_model(model_dir: Path) -> torch.nn.Module:
             module = original(model_dir)
             module.register_forward_pre_hook(lambda _, inputs: seen.add(len(inputs[0])))
             return module
 
-        handler.network = network  # type: ignore[method-assign]
+        handler.load_model = load_model  # type: ignore[method-assign]
         LocalModel(handler, "echo", tmp_path, {"batchSize": 8, "handler": options})
         return seen
 

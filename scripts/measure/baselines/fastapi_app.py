@@ -35,7 +35,8 @@ app = FastAPI()
 def _answer(body: bytes) -> Any:
     parsed = body if KIND == "digits" else json.loads(body)
     with torch.inference_mode():
-        return MODEL.encode(MODEL.predict(plain_batch(KIND, MODEL, [parsed])).cpu()[0])
+        rows = MODEL.inference(plain_batch(KIND, MODEL, [parsed])).cpu()
+    return MODEL.native_answers(MODEL.postprocess(rows), 1)[0]
 
 
 @app.get("/ping")

@@ -35,12 +35,12 @@ MODELS: dict[str, type[ModelHandler]] = {
 
 def load_model(kind: str, model_dir: Path, model_config: dict[str, Any],
                device: torch.device) -> ModelHandler:
-    """Our handler for `kind` with its eager network, used only for load/collate/predict/encode."""
+    """Our handler for `kind` with its eager network, used only for its load, collate and answers."""
     model = MODELS[kind]()
     model.options = parse_options(model.Options, model_config.get("handler"))
     model.device = device
-    model.load(model_dir)
-    model.engine = TorchEngine(model.network(model_dir).to(device).eval(), device)
+    model.setup(model_dir)
+    model.engine = TorchEngine(model.load_model(model_dir).to(device).eval(), device)
     return model
 
 
@@ -67,7 +67,7 @@ class PlainHandler(BaseHandler):
 
     def inference(self, data: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         with torch.inference_mode():
-            return self.model.predict(data).cpu()
+            return self.model.inference(data).cpu()
 
     def postprocess(self, data: torch.Tensor) -> list[Any]:
-        return [self.model.encode(row) for row in data]
+        return self.model.native_answers(self.model.postprocess(data), len(data))

@@ -1,0 +1,126 @@
+"""What a model takes and gives, declared once: every protocol's checks and answers come from it.
+
+    INPUT   = Input("features", NUMBER_TYPES, (30,))          # one instance: 30 numbers
+    OUTPUTS = (Output("class_index", "INT64"),                 # one integer per instance
+               Output("probabilities", "FP32", (2,)))          # two numbers per instance
+
+The native JSON body (`{"features": ...}`), KServe v1 instances and the Open
+Inference Protocol input tensor are all read against `Input`; the native answer,
+the v1 predictions and the OIP output tensors are all written from `Output`s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from handlers.errors import HandlerContractError
+
+_INTEGER_RANGES = {
+    "INT8": (-(2**7), 2**7 - 1), "INT16": (-(2**15), 2**15 - 1),
+    "INT32": (-(2**31), 2**31 - 1), "INT64": (-(2**63), 2**63 - 1),
+    "UINT8": (0, 2**8 - 1), "UINT16": (0, 2**16 - 1),
+    "UINT32": (0, 2**32 - 1), "UINT64": (0, 2**64 - 1),
+}
+_FLOAT_LIMITS = {  # the largest finite magnitude each float datatype holds
+    "FP16": float(torch.finfo(torch.float16).max), "BF16": float(torch.finfo(torch.bfloat16).max),
+    "FP32": float(torch.finfo(torch.float32).max), "FP64": float(torch.finfo(torch.float64).max),
+}
+NUMBER_TYPES = frozenset(_FLOAT_LIMITS) | frozenset(_INTEGER_RANGES)
+DATATYPES = NUMBER_TYPES | {"BOOL", "BYTES"}
+# Media types read as JSON ("" is a request without a Content-Type).
+JSON_TYPES = frozenset({"application/json", "text/json", ""})
+
+
+@dataclass(frozen=True)
+class Input:
+    """The one input a model takes: its name, accepted OIP datatypes and per-instance shape.
+
+    `raw_types` are media types whose whole body is one instance (image bytes,
+    plain text); `words` describes one instance in error messages.
+    """
+
+    name: str
+    datatypes: frozenset[str]
+    shape: tuple[int, ...] = ()
+    raw_types: frozenset[str] = frozenset()
+    words: str = ""
+
+    def expected_shape(self) -> str:
+        return "[" + ", ".join(["N", *map(str, self.shape)]) + "]"
+
+    def one_instance(self) -> str:
+        """One instance in words: '[30 numbers]', 'a string', or `words` when given."""
+        if self.words:
+            return self.words
+        if self.datatypes <= {"BYTES"}:
+            return "a string"
+        if not self.shape:
+            return "a number"
+        return f"[{' x '.join(map(str, self.shape))} numbers]"
+
+    def json_example(self) -> str:
+        """The native JSON body in words, for the error a body without this input gets."""
+        one = '"..."' if self.datatypes <= {"BYTES"} and not self.words else self.one_instance()
+        return f'{{"{self.name}": {one}}} or {{"{self.name}": [{one}, ...]}}'
+
+    def media_types(self) -> str:
+        """What a native request may be sent as, for the 415 message."""
+        raw = sorted(t for t in self.raw_types if t)
+        return "application/json" + (f" or one of {', '.join(raw)}" if raw else "")
+
+    def rank(self) -> int:
+        return len(self.shape)
+
+
+@dataclass(frozen=True)
+class Output:
+    """One named output: its OIP datatype and per-instance shape (() for one value per instance)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Signature:
+    """Everything the protocol layer needs to know about a model, and nothing it must call."""
+
+    input: Input | None
+    outputs: tuple[Output, ...]
+    max_instances: int
+
+    def output_names(self) -> list[str]:
+        return [output.name for output in self.outputs]
+
+
+def check_outputs(outputs: Mapping[str, Any], declared: tuple[Output, ...], count: int, where: str) -> None:
+    """Raise HandlerContractError unless `outputs` holds every declared output, `count` rows of its shape."""
+    if not isinstance(outputs, Mapping) or set(outputs) != {spec.name for spec in declared}:
+        got = sorted(outputs) if isinstance(outputs, Mapping) else type(outputs).__name__
+        raise HandlerContractError(f"{where} gave {got}; OUTPUTS declares {[s.name for s in declared]}")
+    for spec in declared:
+        values = outputs[spec.name]
+        shape = tuple(values.shape) if isinstance(values, torch.Tensor) else (len(values),)
+        if shape != (count, *spec.shape):
+            raise HandlerContractError(f"{where} gave '{spec.name}' of shape {list(shape)} for {count} "
+                                       f"instances; OUTPUTS declares {[count, *spec.shape]}")
+
+
+def per_instance(outputs: Mapping[str, Any], declared: tuple[Output, ...],
+                 count: int) -> list[dict[str, Any]]:
+    """The outputs as one {name: JSON value} per instance, in declared order."""
+    columns = [(spec.name, outputs[spec.name].tolist() if isinstance(outputs[spec.name], torch.Tensor)
+                else list(outputs[spec.name])) for spec in declared]
+    return [{name: values[row] for name, values in columns} for row in range(count)]
+
+
+def integer_range(datatype: str) -> tuple[int, int] | None:
+    return _INTEGER_RANGES.get(datatype)
+
+
+def float_limit(datatype: str) -> float:
+    return _FLOAT_LIMITS[datatype]

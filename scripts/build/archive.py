@@ -30,9 +30,9 @@ from pathlib import Path
 
 import yaml
 
-from scripts.config.model import ConfigError, ModelSpec, load_spec
 from scripts.build.optimize import prepare
 from scripts.build.store import keep_version, version_archive
+from scripts.config.model import ConfigError, ModelSpec, load_spec
 
 logger = logging.getLogger(__name__)
 HANDLERS_PACKAGE = Path("handlers")

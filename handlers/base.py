@@ -39,6 +39,7 @@ override `initialize` or `handle`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -91,6 +92,7 @@ class Record:
     envelope: Envelope = field(default_factory=Envelope)
     parsed: Parsed | None = None
     instances: Any = None
+    count: int = 0  # how many instances it carries
     status: int = 200
     error: str = ""  # the RequestError's type name, for the metrics
     body: str | None = None  # set once: the answer or the error
@@ -164,6 +166,8 @@ class ModelHandler(BaseHandler):
         self.context = context
         model_config = getattr(context, "model_yaml_config", None) or {}
         self.options = parse_options(self.Options, model_config.get("handler"))
+        if not hasattr(self, "INPUT"):
+            raise HandlerContractError(f"{type(self).__name__} must declare INPUT = Input(...)")
         self.signature = Signature(self.INPUT, self.OUTPUTS, self.options.max_instances)
         accelerator = pick_device(context.system_properties)
         # ONNX Runtime takes host arrays and moves them to its device itself.
@@ -203,7 +207,7 @@ class ModelHandler(BaseHandler):
         with self.metrics.stage("preprocess"):
             records = [self._read(index, item, context) for index, item in enumerate(data)]
         live = [record for record in records if record.body is None]
-        instances = sum(len(record.instances) for record in live)
+        instances = sum(record.count for record in live)
         if len(live) < len(records):  # a batch with rejections; every batch's sizes are in the metrics
             logger.info("batch: %d requests, %d rejected before inference, %d instances",
                         len(records), len(records) - len(live), instances)
@@ -227,8 +231,9 @@ class ModelHandler(BaseHandler):
             with located(part.label) if part.label else nullcontext():
                 pieces.append(self.preprocess(part))
         instances = pieces[0] if len(pieces) == 1 else join_instances(pieces)
-        if len(instances) != parsed.count():
-            raise HandlerContractError(f"{type(self).__name__}.preprocess gave {len(instances)} instances "
+        given = instances.shape[0] if isinstance(instances, torch.Tensor) else len(instances)  # len() is slow
+        if given != parsed.count():
+            raise HandlerContractError(f"{type(self).__name__}.preprocess gave {given} instances "
                                        f"for {parsed.count()} values; give one per value")
         return parsed, instances
 
@@ -258,6 +263,7 @@ class ModelHandler(BaseHandler):
             parts = Payload.parts_from_torchserve(index, item, context)
             record.envelope = open_envelope(parts, context, index)
             record.parsed, record.instances = self.read(record.envelope)
+            record.count = record.parsed.count()
         except Exception as error:  # noqa: BLE001 - converted to this request's status
             self._fail(record, error, "preprocess", context)
         return record
@@ -274,12 +280,11 @@ class ModelHandler(BaseHandler):
             return
         self.metrics.device_memory(self.device)
         with self.metrics.stage("postprocess"):
+            counts = [record.count for record in live]
             finite = _finite_rows(rows).tolist()
-            start = 0
-            for record in live:
-                end = start + len(record.instances)
-                self._answer(record, rows[start:end], all(finite[start:end]), context)
-                start = end
+            for record, record_rows, end in zip(live, torch.split(rows, counts), itertools.accumulate(counts),
+                                                strict=True):
+                self._answer(record, record_rows, all(finite[end - record.count:end]), context)
 
     def _answer(self, record: Record, rows: torch.Tensor, finite: bool, context: Any) -> None:
         """Postprocess one request's rows and frame them in its envelope, in its own try block."""
@@ -288,8 +293,8 @@ class ModelHandler(BaseHandler):
                 raise InvalidInput("the model's output for this input is not finite: its values "
                                    "are probably far outside the range the model was trained on")
             outputs = self.postprocess(rows)
-            check_outputs(outputs, self.OUTPUTS, len(rows), f"{type(self).__name__}.postprocess")
-            answers = self.native_answers(outputs, len(rows)) if record.envelope.wants_answers else []
+            check_outputs(outputs, self.OUTPUTS, record.count, f"{type(self).__name__}.postprocess")
+            answers = self.native_answers(outputs, record.count) if record.envelope.wants_answers else []
             assert record.parsed is not None
             body = record.envelope.frame(record.parsed, outputs, answers, self.signature)
             record.body = json.dumps(body, allow_nan=False)  # a NaN fails this request, not the JSON

@@ -97,15 +97,17 @@ class Signature:
         return [output.name for output in self.outputs]
 
 
-def check_outputs(outputs: Mapping[str, Any], declared: tuple[Output, ...], count: int, where: str) -> None:
+def check_outputs(outputs: dict[str, Any], declared: tuple[Output, ...], count: int, where: str) -> None:
     """Raise HandlerContractError unless `outputs` holds every declared output, `count` rows of its shape."""
-    if not isinstance(outputs, Mapping) or set(outputs) != {spec.name for spec in declared}:
-        got = sorted(outputs) if isinstance(outputs, Mapping) else type(outputs).__name__
+    if not isinstance(outputs, dict) or len(outputs) != len(declared):
+        got = sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__
         raise HandlerContractError(f"{where} gave {got}; OUTPUTS declares {[s.name for s in declared]}")
     for spec in declared:
-        values = outputs[spec.name]
-        shape = tuple(values.shape) if isinstance(values, torch.Tensor) else (len(values),)
-        if shape != (count, *spec.shape):
+        values = outputs.get(spec.name)
+        if values is None:
+            raise HandlerContractError(f"{where} gave no '{spec.name}'; OUTPUTS declares it")
+        shape = values.shape if isinstance(values, torch.Tensor) else (len(values),)
+        if len(shape) != len(spec.shape) + 1 or shape[0] != count or tuple(shape[1:]) != spec.shape:
             raise HandlerContractError(f"{where} gave '{spec.name}' of shape {list(shape)} for {count} "
                                        f"instances; OUTPUTS declares {[count, *spec.shape]}")
 

@@ -35,8 +35,10 @@ class Verdict:
     reasons: list[str] = field(default_factory=list)
 
 
-def ask(client: TorchServeClient, model: str, version: str, golden: list[GoldenRequest]) -> list[Answer]:
-    """Send each golden request once, in order; a refused connection is a 503-like failure."""
+def ask(client: TorchServeClient, model: str, version: str | None,
+        golden: list[GoldenRequest]) -> list[Answer]:
+    """Send each golden request once, in order, to VERSION (None: the default); a refused
+    connection is a 503-like failure."""
     answers = []
     for request in golden:
         started = time.perf_counter()

@@ -7,6 +7,10 @@
     tsctl register model_store/tabular.mar      register an archive as a non-default version
     tsctl scale tabular --version 1.0 --workers 2
     tsctl unregister tabular 1.0
+    tsctl gate tabular --version 2.0 --url http://host:8080 [--token-file F]   the golden set only
+
+`gate` needs only an inference API (a canary Service, another machine): it exits 0
+when the version passes, 1 when the gate refuses it (operate/canary.py).
 
 Addresses and the model store come from the TorchServe properties file (--ts-config,
 default ./config.properties). TorchServe resolves a relative model_store against, and
@@ -24,6 +28,7 @@ import argparse
 import json
 import logging
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +36,7 @@ import requests
 
 from scripts.client.rest import KeyFile, ModelApiDisabled, TorchServeClient, TorchServeError, Unauthorized
 from scripts.config.files import ConfigError, read_properties
+from scripts.operate.canary import TOKEN_FIX, describe, gate_at, inference_keys
 from scripts.operate.policy import read_policy
 from scripts.operate.rollout import (
     Exit,
@@ -82,7 +88,31 @@ def store_file(archive: Path, store: Path) -> str:
     return archive.name
 
 
+def gate_url(args: argparse.Namespace) -> str:
+    """--url, else the inference address of the local properties file."""
+    if args.url:
+        return str(args.url)
+    if not args.ts_config.is_file():
+        raise FileNotFoundError(f"no --url and no TorchServe properties file at {args.ts_config}: pass "
+                                "--url with the inference API, e.g. http://tabular-canary:8080")
+    return read_properties(args.ts_config).get("inference_address", "http://127.0.0.1:8080")
+
+
+def run_gate(args: argparse.Namespace) -> dict[str, Any]:
+    """The golden set against --url; needs no management API and no model store."""
+    local_keys = None if args.url else args.key_file or args.server_dir / "key_file.json"
+    keys = inference_keys(args.token_file, local_keys)
+    policy = read_policy(args.policy or Path(f"configs/models/{args.model}.yaml"))
+    with ExitStack() as stack:
+        client = stack.enter_context(TorchServeClient(gate_url(args), keys=keys, timeout=args.timeout))
+        baseline = stack.enter_context(TorchServeClient(args.baseline_url, keys=keys, timeout=args.timeout)
+                                       ) if args.baseline_url else None
+        return gate_at(args.model, args.version, client, policy, baseline)
+
+
 def run(args: argparse.Namespace) -> Any:
+    if args.command == "gate":
+        return run_gate(args)
     client, store = connect(args)
     log = RolloutLog(args.log, getattr(args, "model", ""))
     with client:
@@ -109,6 +139,12 @@ def failure(error: Exception, args: argparse.Namespace) -> tuple[Exit, str]:
     """The exit code and the one message a failed command prints."""
     if isinstance(error, RolloutFailed):
         return error.code, str(error)
+    if isinstance(error, Unauthorized) and args.command == "gate":
+        return Exit.UNAUTHORIZED, f"{error}\n  fix: {TOKEN_FIX}"
+    if isinstance(error, requests.ConnectionError) and args.command == "gate":
+        url = error.request.url if error.request else ""
+        return Exit.SERVER, (f"cannot reach TorchServe's inference API ({url}): is --url right, and does "
+                             "the Service have ready endpoints?")
     if isinstance(error, Unauthorized):
         tried = args.key_file or args.server_dir / "key_file.json"
         return Exit.UNAUTHORIZED, (f"{error}\n  keys tried: {tried} and the environment\n"
@@ -132,6 +168,8 @@ def show(args: argparse.Namespace, result: Any) -> None:
         show_status(result)
     elif args.command == "versions":
         show_versions(args.model, result)
+    elif args.command == "gate":
+        print(describe(result))
     elif args.command in ("rollout", "rollback"):
         print(f"{args.model}: {result['version']} is the default (was {result['previous']}); "
               f"steps logged in {args.log}")
@@ -168,14 +206,30 @@ def parser() -> argparse.ArgumentParser:
     gone = commands.add_parser("unregister")
     gone.add_argument("model")
     gone.add_argument("version")
+    add_gate(commands.add_parser("gate", help="the golden-set gate against any inference URL"))
     return top
+
+
+def add_gate(gate: argparse.ArgumentParser) -> None:
+    gate.add_argument("model")
+    gate.add_argument("--version", help="default: the default version at --url")
+    gate.add_argument("--url", help="the inference API, e.g. http://tabular-canary:8080 (default: "
+                      "inference_address of --ts-config, with its key_file.json)")
+    gate.add_argument("--token-file", type=Path, help="the inference key alone (a mounted Secret) or a "
+                      "key_file.json; default: $TORCHSERVE_INFERENCE_KEY")
+    gate.add_argument("--policy", type=Path,
+                      help="default: configs/models/MODEL.yaml (golden set, thresholds)")
+    gate.add_argument("--baseline-url", help="where the current version answers, for a policy with "
+                      "compare: (default: the default version at --url)")
+    gate.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="as tsctl --json")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        show(args, run(args))
+        result = run(args)
+        show(args, result)
     except (RolloutFailed, TorchServeError, requests.RequestException, ConfigError, ValueError,
             OSError) as error:
         code, message = failure(error, args)
@@ -183,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"error": message, "exit_code": int(code)}))
         logger.error("error: %s", message)
         return int(code)
-    return int(Exit.OK)
+    refused = args.command == "gate" and not result["passed"]
+    return int(Exit.REFUSED if refused else Exit.OK)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ help:
 	@echo "make status                                    models, versions, default, workers (tsctl status)"
 	@echo "make rollout MODEL=tabular VERSION=2.0         gate a new version, then make it the default"
 	@echo "make rollback MODEL=tabular                    the previous version becomes the default again"
+	@echo "make manifests                                 deploy/kubernetes/*.yaml from the model YAMLs"
+	@echo "make kserve-bundle                              build/kserve/ (KServe's storage layout), deploy/kserve/*.yaml"
 	@echo "make install                                   .venv with what serving needs (torch, TorchServe, ...)"
 	@echo "make install-dev                               + the test and benchmark extras, gRPC stubs"
 	@echo "make java                                      check that Java 17 (TorchServe's frontend) is installed"
@@ -82,6 +84,15 @@ rollout: install
 
 rollback: install
 	$(BIN)/tsctl rollback $(MODEL)
+
+# Cluster artifacts, generated from configs/ (scripts/deploy/); the unit tests check the committed
+# deploy/kubernetes/ and deploy/kserve/*.yaml equal a regeneration.
+.PHONY: manifests kserve-bundle
+manifests: install
+	$(PY) -m scripts.deploy.kubernetes
+
+kserve-bundle: archive
+	$(PY) -m scripts.deploy.kserve
 
 test: install-dev archive
 	$(PY) -m ruff check handlers scripts tests

@@ -17,7 +17,7 @@ OPTIONS       ?= backend=torch backend=onnx backend=torch,quantize=int8 backend=
                  backend=torch,static_shapes=true
 
 .PHONY: help install install-dev java models archive serve stop test test-unit test-e2e lint clean bench tune \
-        bench-check bench-options coldstart memory status rollout rollback
+        bench-check bench-options coldstart memory status rollout rollback image test-image
 
 help:
 	@echo "make serve   install what serving needs, build the example models and archives, start TorchServe"
@@ -35,10 +35,14 @@ help:
 	@echo "make rollback MODEL=tabular                    the previous version becomes the default again"
 	@echo "make manifests                                 deploy/kubernetes/*.yaml from the model YAMLs"
 	@echo "make kserve-bundle                              build/kserve/ (KServe's storage layout), deploy/kserve/*.yaml"
+	@echo "make monitor [PROMETHEUS_PORT=9090]            a real Prometheus scraping 'make serve' (Ctrl-C stops it)"
+	@echo "make prometheus                                install Debian's prometheus with apt-get when missing"
 	@echo "make install                                   .venv with what serving needs (torch, TorchServe, ...)"
 	@echo "make install-dev                               + the test and benchmark extras, gRPC stubs"
 	@echo "make java                                      check that Java 17 (TorchServe's frontend) is installed"
 	@echo "make archive / make models / make lint / make clean / make help"
+	@echo "make image [BASE=...]                          the serving image torchserve-toolkit:latest (podman)"
+	@echo "make test-image                                the image's end-to-end test (podman, after make image)"
 
 install: $(VENV)/.installed
 
@@ -95,6 +99,7 @@ kserve-bundle: archive
 	$(PY) -m scripts.deploy.kserve
 
 test: install-dev archive
+	@scripts/deploy/install_prometheus.sh --if-possible
 	$(PY) -m ruff check handlers scripts tests
 	$(PY) -m pytest
 
@@ -102,6 +107,7 @@ test-unit: install-dev models
 	$(PY) -m pytest tests/unit
 
 test-e2e: install-dev archive
+	@scripts/deploy/install_prometheus.sh --if-possible
 	$(PY) -m pytest tests/e2e
 
 bench: install-dev models
@@ -128,3 +134,23 @@ lint: install-dev
 
 clean:
 	rm -rf build model_store/*.mar logs
+
+# A real Prometheus on configs/monitoring/prometheus.yml, scraping the server `make serve` started
+# (TS_CONFIG gives its metrics port). Debian's package, installed with apt-get when missing (the
+# same helper `make test` and .ci/run use). In the foreground: Ctrl-C stops it and deletes its data.
+.PHONY: monitor prometheus
+PROMETHEUS_PORT ?= 9090
+
+prometheus:
+	scripts/deploy/install_prometheus.sh
+
+monitor: install prometheus
+	$(PY) -m scripts.deploy.monitor --ts-config $(TS_CONFIG) --port $(PROMETHEUS_PORT)
+
+# The serving image (docs/container.md): podman, runc and mmdebstrap come from apt when missing;
+# the Debian base and the wheelhouse are cached under build/image/. BASE=... builds on another base.
+image: archive
+	$(PY) -m scripts.deploy.image $(if $(BASE),--base $(BASE))
+
+test-image: install-dev image
+	$(PY) -m pytest tests/image

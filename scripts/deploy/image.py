@@ -108,6 +108,7 @@ def ensure_base() -> None:
         logger.info("==> base: %s is there (delete it to rebuild)", BASE_TAR.relative_to(ROOT))
     else:
         logger.info("==> base: Debian bookworm minbase with mmdebstrap (about a minute)")
+        BUILD_DIR.mkdir(parents=True, exist_ok=True)  # mmdebstrap wants the tar's folder to exist
         BASE_TAR.unlink(missing_ok=True)
         recipe_file.unlink(missing_ok=True)
         run(BASE_RECIPE)

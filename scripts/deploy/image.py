@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -127,24 +128,42 @@ def requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
     return [line for line in declared if canonicalize_name(Requirement(line).name) not in BUILD_ONLY]
 
 
-def venv_pins(python: Path) -> list[str]:
-    """`name==version` of every package in the venv `make test` tests, to pin the wheelhouse."""
-    frozen = subprocess.run([str(python), "-m", "pip", "freeze", "--exclude-editable"], check=True,
-                            capture_output=True, text=True).stdout
-    return [line for line in frozen.splitlines() if "==" in line and " @ " not in line]
+def venv_pins(wanted: Sequence[str]) -> list[str]:
+    """`name==version`, as installed in this venv (the one `make test` tests), of every package
+    `wanted` needs, transitively. Only those: the dev and bench extras in the same venv must
+    not change the pins, or installing them would rebuild the image's venv for nothing."""
+    needed: set[str] = set()
+    todo = [canonicalize_name(Requirement(line).name) for line in wanted]
+    pins = []
+    while todo:
+        name = todo.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        try:
+            distribution = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            raise ImageError(f"{name} is not installed in {sys.prefix}: run `make install`") from None
+        pins.append(f"{name}=={distribution.version}")
+        for line in distribution.requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(canonicalize_name(requirement.name))
+    return sorted(pins)
 
 
 def ensure_wheelhouse(python: Path) -> None:
     """`pip download` the pinned requirements into build/image/wheels/, unless the pins are unchanged.
 
-    `python` is this venv's interpreter: its versions are the pins, and its pip downloads.
+    `python` is this venv's interpreter, whose pip downloads.
     """
     if sys.version_info[:2] != IMAGE_PYTHON:
         raise ImageError(f"the wheelhouse is downloaded for this interpreter (Python "
                          f"{sys.version_info[0]}.{sys.version_info[1]}), but the image runs Python "
                          f"{IMAGE_PYTHON[0]}.{IMAGE_PYTHON[1]}; run `make image` with a 3.11 venv")
-    wanted = {"requirements.txt": "\n".join(requirements()) + "\n",
-              "constraints.txt": "\n".join(venv_pins(python)) + "\n"}
+    serving = requirements()
+    wanted = {"requirements.txt": "\n".join(serving) + "\n",
+              "constraints.txt": "\n".join(venv_pins(serving)) + "\n"}
     digest = hashlib.sha256("".join(wanted.values()).encode()).hexdigest()
     stamp = WHEELS / ".complete"
     if stamp.exists() and stamp.read_text() == digest:

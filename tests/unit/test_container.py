@@ -89,3 +89,11 @@ def test_build_only_names_real_dependencies() -> None:
 
     declared = tomllib.loads(Path("pyproject.toml").read_text())["project"]["dependencies"]
     assert image.BUILD_ONLY <= {canonicalize_name(Requirement(line).name) for line in declared}
+
+
+def test_the_pins_are_the_venvs_versions_of_what_serving_needs_only() -> None:
+    """Installing the dev extras must not change the image's pins (and so rebuild its venv)."""
+    pins = dict(line.split("==") for line in image.venv_pins(image.requirements()))
+    assert pins["torch"].startswith("2.13.0") and pins["torchserve"] == "0.12.0"
+    assert {"numpy", "tokenizers", "psutil"} <= set(pins)  # a direct need, and needs of needs
+    assert not {"pytest", "ruff", "sentence-transformers", "locust", "scikit-learn"} & set(pins)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+FIGURES: dict[str, str] = {}  # measured figures (e2e and image tests), printed at the end of the run
 os.chdir(ROOT)
 
 
@@ -19,3 +20,10 @@ def built_models() -> None:
                            "build/weights/minilm/model.safetensors") if not Path(p).exists()]
     if missing:
         pytest.fail(f"missing {missing}: run `make models` (or `make test`, which builds them)")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FIGURES:
+        terminalreporter.section("measured figures")
+        for name, value in FIGURES.items():
+            terminalreporter.write_line(f"{name}: {value}")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -37,6 +36,7 @@ import requests
 import yaml
 
 from scripts.config.files import read_properties
+from scripts.serve.local import stop_group
 
 logger = logging.getLogger(__name__)
 SCRAPE_CONFIG = Path("configs/monitoring/prometheus.yml")
@@ -149,14 +149,7 @@ class Prometheus:
 
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL after 20 s."""
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        except ProcessLookupError:
-            self.process.wait(timeout=10)
+        stop_group(self.process, grace=20)
 
     def __enter__(self) -> Prometheus:
         return self

@@ -76,6 +76,18 @@ def wait_until_answering(ping: Callable[[], object], process: subprocess.Popen[b
             time.sleep(0.3)
 
 
+def stop_group(process: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM `process`'s whole group (it was started with start_new_session), SIGKILL after `grace` s."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    except ProcessLookupError:
+        process.wait(timeout=10)
+
+
 @dataclass
 class LocalServer:
     workdir: Path
@@ -143,14 +155,7 @@ class LocalServer:
 
     def stop(self) -> None:
         """SIGTERM the server's whole process group (frontend and workers), then SIGKILL."""
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        stop_group(self.process, grace=30)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # the launcher is gone; wait for Java and its workers too
             try:

@@ -15,7 +15,6 @@ import pytest
 from scripts.serve.local import LocalServer
 
 MODELS = ("tabular", "digits", "minilm")
-FIGURES: dict[str, str] = {}  # measured figures, printed at the end of the run
 Server = LocalServer
 
 
@@ -27,10 +26,3 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
         pytest.fail(f"no archives for {missing} in {store}: run `make archive` (or `make test`)")
     with LocalServer.start(tmp_path_factory.mktemp("torchserve"), store, MODELS) as instance:
         yield instance
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if FIGURES:
-        terminalreporter.section("measured figures")
-        for name, value in FIGURES.items():
-            terminalreporter.write_line(f"{name}: {value}")

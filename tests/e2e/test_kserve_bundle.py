@@ -26,7 +26,7 @@ from scripts.deploy.facts import read_all
 from scripts.serve.local import LocalServer, free_port, wait_until_answering
 from scripts.serve.server import torchserve_command
 from tests.battery import check_good, good_calls
-from tests.e2e.conftest import FIGURES
+from tests.conftest import FIGURES
 from tests.helpers import SENTENCES, sentence_transformers_embeddings
 
 pytestmark = pytest.mark.e2e

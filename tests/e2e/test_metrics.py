@@ -14,7 +14,8 @@ import torch
 
 from scripts.build import datasets
 from scripts.client.prometheus import Sample, histogram_mean, scrape, total
-from tests.e2e.conftest import FIGURES, Server
+from tests.conftest import FIGURES
+from tests.e2e.conftest import Server
 
 pytestmark = pytest.mark.e2e
 TABULAR = {"ModelName": "tabular", "ModelVersion": "1.0"}

@@ -17,7 +17,8 @@ import requests
 from scripts.build import datasets
 from scripts.client.prometheus import histogram_mean, scrape
 from tests.battery import Bad, Call, Good, bad_calls, check_bad, check_good, good_calls
-from tests.e2e.conftest import FIGURES, MODELS, Server
+from tests.conftest import FIGURES
+from tests.e2e.conftest import MODELS, Server
 from tests.helpers import SENTENCES, reference_tabular, sentence_transformers_embeddings
 
 pytestmark = pytest.mark.e2e

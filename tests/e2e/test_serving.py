@@ -14,7 +14,8 @@ import yaml
 
 from scripts.build import datasets
 from scripts.build.models import digit_png
-from tests.e2e.conftest import FIGURES, MODELS, Server
+from tests.conftest import FIGURES
+from tests.e2e.conftest import MODELS, Server
 from tests.helpers import (
     SENTENCES,
     reference_digits,

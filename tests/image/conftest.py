@@ -23,10 +23,10 @@ import pytest
 
 from scripts.deploy.image import CONTAINERS_CONF, TAG
 from scripts.serve.local import LocalServer, free_port
+from tests.conftest import FIGURES
 
 MODELS = ("tabular", "digits", "minilm")
 DRAIN_SECONDS = 8  # the entrypoint keeps serving this long after SIGTERM
-FIGURES: dict[str, str] = {}  # measured figures, printed at the end of the run
 
 
 def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -114,10 +114,3 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     """A TorchServe on the host serving the same archives: the answers the container must give."""
     with LocalServer.start(tmp_path_factory.mktemp("host"), Path("model_store").resolve(), MODELS) as server:
         yield server
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if FIGURES:
-        terminalreporter.section("measured figures")
-        for name, value in FIGURES.items():
-            terminalreporter.write_line(f"{name}: {value}")

@@ -22,8 +22,9 @@ import requests
 from scripts.deploy.image import TAG
 from scripts.serve.local import LocalServer
 from tests.battery import Call, bad_calls, check_good, good_calls
+from tests.conftest import FIGURES
 from tests.helpers import SENTENCES, sentence_transformers_embeddings
-from tests.image.conftest import DRAIN_SECONDS, FIGURES, MODELS, Container, podman
+from tests.image.conftest import DRAIN_SECONDS, MODELS, Container, podman
 
 TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)")
 GRACE_SECONDS = 30  # podman stop -t: SIGKILL after this; DRAIN_SECONDS + the JVM's stop fit well inside

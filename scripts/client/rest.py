@@ -94,11 +94,15 @@ def is_auth_failure(response: requests.Response) -> bool:
 
 @dataclass(frozen=True)
 class KeyFile:
-    """The tokens for the inference and management APIs, and the key file they came from."""
+    """The tokens for the inference and management APIs, and the key file they came from.
+
+    `api` is TorchServe's API key, which renews the other two (`POST /token?type=...`).
+    """
 
     inference: str | None = None
     management: str | None = None
     source: Path | None = None
+    api: str | None = None
 
     @classmethod
     def read(cls, path: Path) -> KeyFile:
@@ -107,9 +111,10 @@ class KeyFile:
             return cls(source=path)
         try:
             keys = json.loads(path.read_text())
-            return cls(keys["inference"]["key"], keys["management"]["key"], path)
+            return cls(keys["inference"]["key"], keys["management"]["key"], path,
+                       (keys.get("API") or {}).get("key"))
         except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{path} is not a TorchServe key file ({error!r}); TorchServe rewrites it "
+            raise ValueError(f"{path} is not TorchServe's key file ({error!r}); TorchServe rewrites it "
                              "at start: do not edit it") from None
 
     @classmethod

@@ -26,7 +26,6 @@ refuses the key, this asks it for a new one with the file's API key
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -58,12 +57,6 @@ class HealthError(RuntimeError):
 class Target:
     management_url: str
     token_auth: bool
-
-
-@dataclass(frozen=True)
-class Keys:
-    management: str | None = None
-    api: str | None = None
 
 
 def draining_marker(server_dir: Path) -> Path:
@@ -101,23 +94,21 @@ def loopback_url(address: str, source: Path) -> str:
     return f"{parts.scheme}://{host}:{port}"
 
 
-def read_keys(server_dir: Path) -> Keys:
-    """The management and API keys from DIR/key_file.json (TorchServe rewrites it on rotation)."""
+def read_keys(server_dir: Path) -> KeyFile:
+    """The keys in DIR/key_file.json (TorchServe rewrites it on rotation); missing means not started."""
     path = server_dir / "key_file.json"
     if not path.is_file():
         raise HealthError(f"not ready: no {path.resolve()} (TorchServe writes it when it starts, in its "
                           "working directory); fix: pass --server-dir with TorchServe's working directory")
     try:
-        document = json.loads(path.read_text())
-        return Keys(document["management"]["key"], document.get("API", {}).get("key"))
-    except (ValueError, KeyError, TypeError) as error:
-        raise HealthError(f"{path} is not TorchServe's key file ({error!r}); fix: leave it to "
-                          "TorchServe, which rewrites it at start") from None
+        return KeyFile.read(path)
+    except ValueError as error:
+        raise HealthError(f"{error}; fix: leave it to TorchServe") from None
     except PermissionError:
         raise HealthError(f"{path}: permission denied; fix: run the check as TorchServe's user") from None
 
 
-def renew_management_key(target: Target, keys: Keys, timeout: float) -> None:
+def renew_management_key(target: Target, keys: KeyFile, timeout: float) -> None:
     """Ask TorchServe for a new management key with the API key; it rewrites key_file.json."""
     if not keys.api:
         raise HealthError("not ready: TorchServe refused the management key and key_file.json holds no "
@@ -145,9 +136,8 @@ def model_states(client: TorchServeClient) -> dict[str, tuple[int, int]]:
     return states
 
 
-def readiness(target: Target, keys: Keys, timeout: float) -> tuple[bool, str]:
-    key_file = KeyFile(management=keys.management)
-    with TorchServeClient(management_url=target.management_url, keys=key_file, timeout=timeout,
+def readiness(target: Target, keys: KeyFile, timeout: float) -> tuple[bool, str]:
+    with TorchServeClient(management_url=target.management_url, keys=keys, timeout=timeout,
                           retries=NO_RETRIES) as client:
         states = model_states(client)
     if not states:
@@ -174,7 +164,7 @@ def check(ts_config: Path, server_dir: Path, live: bool, timeout: float,
             return liveness(target, timeout)
         if draining_marker(server_dir).exists():
             return False, "not ready: draining after SIGTERM (the server stops taking traffic)"
-        keys = read_keys(server_dir) if target.token_auth else Keys()
+        keys = read_keys(server_dir) if target.token_auth else KeyFile()
         try:
             return readiness(target, keys, timeout)
         except Unauthorized:

@@ -14,8 +14,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -24,20 +22,12 @@ import pytest
 from scripts.build import archive
 from scripts.build import store as layout
 from scripts.build.store import read_archive
-from scripts.measure.loadgen import LoadResult, run_load, workload
 from scripts.serve.local import LocalServer
+from tests.load import BackgroundLoad
 
 pytestmark = pytest.mark.e2e
 TABULAR_YAML = Path("configs/models/tabular.yaml")
 PRODUCTION = {"disable_token_authorization": "false"}  # token auth on, as configs/production.properties
-
-
-@dataclass(frozen=True)
-class Reply:
-    sent: float
-    answered: float
-    status: int
-    version: str
 
 
 @pytest.fixture()
@@ -80,25 +70,10 @@ def tsctl(server: LocalServer, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
 
 
-def under_load(server: LocalServer, tmp_path: Path,
-               seconds: float) -> tuple[ThreadPoolExecutor, Future[LoadResult], Path]:
-    """Start locust on /predictions/tabular in the background; every reply is recorded."""
-    bodies = workload("tabular").write(tmp_path / "bodies.json")
-    replies = tmp_path / "replies.txt"
+def under_load(server: LocalServer, tmp_path: Path, seconds: float) -> BackgroundLoad:
+    """locust on /predictions/tabular in the background, with the inference key; every reply recorded."""
     token = json.loads(server.key_file.read_text())["inference"]["key"]
-    pool = ThreadPoolExecutor(1)
-    future = pool.submit(run_load, server.inference_url, "/predictions/tabular", bodies, 6, seconds, tmp_path,
-                         settle=0.0, extra_env={"BENCH_TOKEN": token, "BENCH_RESPONSES": str(replies)})
-    deadline = time.monotonic() + 60
-    while not (replies.exists() and replies.stat().st_size > 0):  # load is flowing
-        assert time.monotonic() < deadline and not future.done(), "locust sent nothing"
-        time.sleep(0.2)
-    return pool, future, replies
-
-
-def read_replies(path: Path) -> list[Reply]:
-    return [Reply(float(sent), float(answered), int(status), version)
-            for sent, answered, status, version in (line.split() for line in path.read_text().splitlines())]
+    return BackgroundLoad.start(server.inference_url, "tabular", tmp_path, seconds, token=token)
 
 
 def steps(server: LocalServer) -> list[dict[str, object]]:
@@ -112,21 +87,21 @@ def when(step: dict[str, object]) -> float:
 def test_rollout_then_rollback_under_load_drops_no_request(server: LocalServer, store: Path,
                                                            tmp_path: Path) -> None:
     config = build_version(tmp_path, store, "2.0")
-    pool, future, replies = under_load(server, tmp_path, seconds=40)
-    with pool:
+    load = under_load(server, tmp_path, seconds=40)
+    with load:
         forward = tsctl(server, "rollout", "tabular", "2.0", "--config", str(config))
         assert forward.returncode == 0, forward.stderr
         time.sleep(4)  # traffic on 2.0
         back = tsctl(server, "rollback", "tabular")
         assert back.returncode == 0, back.stderr
         time.sleep(4)  # traffic on 1.0 again
-        load = future.result()
+        result = load.result()
     log = steps(server)
     assert [s["step"] for s in log] == ["start", "register", "ready", "gate", "default", "done",
                                         "start", "ready", "default", "archive", "done"]
     gated, switched, rolled_back = when(log[3]), when(log[4]), when(log[8])
-    answered = read_replies(replies)
-    assert load.failures == 0 and answered and all(r.status == 200 for r in answered)
+    answered = load.replies()
+    assert result.failures == 0 and answered and all(r.status == 200 for r in answered)
     # which version answered: 1.0 until the switch, 2.0 between, 1.0 after the rollback
     assert {r.version for r in answered if r.answered < gated} == {"1.0"}
     assert {r.version for r in answered if switched + 0.05 < r.sent and r.answered < when(log[6])} == {"2.0"}
@@ -139,14 +114,14 @@ def test_rollout_then_rollback_under_load_drops_no_request(server: LocalServer, 
 def test_a_bad_version_is_refused_by_the_gate_and_never_serves(server: LocalServer, store: Path,
                                                                tmp_path: Path) -> None:
     config = build_version(tmp_path, store, "2.0", swap_labels=True)
-    pool, future, replies = under_load(server, tmp_path, seconds=15)
-    with pool:
+    load = under_load(server, tmp_path, seconds=15)
+    with load:
         refused = tsctl(server, "rollout", "tabular", "2.0", "--config", str(config))
-        load = future.result()
+        result = load.result()
     assert refused.returncode == 1, refused.stderr
     assert "below min_accuracy" in refused.stderr and "1.0 stays the default" in refused.stderr
-    answered = read_replies(replies)
-    assert load.failures == 0 and {(r.status, r.version) for r in answered} == {(200, "1.0")}
+    answered = load.replies()
+    assert result.failures == 0 and {(r.status, r.version) for r in answered} == {(200, "1.0")}
     registered = next(s for s in steps(server) if s["step"] == "register")
     assert max(r.answered for r in answered) > when(registered)  # the load saw the candidate's lifetime
     gate = next(s for s in steps(server) if s["step"] == "gate")

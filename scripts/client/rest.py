@@ -7,12 +7,20 @@
 
 - Every call has an explicit timeout (`timeout=` per call, else the client's).
 - A non-2xx answer raises `TorchServeError` (a subclass per status that callers act
-  on: a refused token, 403, 404, 405, 409) carrying the status, the URL and the server's message.
+  on: a refused token, 403, 404, 405, 409, overload) carrying the status, the URL and the server's message.
 - Retries with backoff only where repeating is harmless: connection failures
   (the request never reached the server) for every call; read failures and
   502/503/504 only for GET and PUT, which are idempotent here (describe, list,
   metrics, scale, set-default). Registering, unregistering and predicting are
-  never re-sent once the server may have seen them.
+  never re-sent once the server may have seen them, with one exception:
+- Overload. TorchServe answers 503 "... has no worker to serve inference request ..."
+  when it could not queue a prediction (the model's job queue, `jobQueueSize`, is full;
+  or the model has no worker thread at all). No worker saw the request, so predict()
+  re-sends it with exponential backoff and full jitter (`overload_backoff`, bounded by
+  attempts and total time) and raises `Overloaded` when that runs out. Other 5xx from
+  a prediction are never re-sent: the worker may have run it.
+- An optional circuit breaker (`breaker=`, scripts/client/breaker.py) makes predict()
+  fail fast with `CircuitOpen` after repeated failures. Off by default: see __init__.
 - Token authorization: `KeyFile.resolve` takes the keys from the environment
   (TORCHSERVE_INFERENCE_KEY, TORCHSERVE_MANAGEMENT_KEY) or from the server's
   key_file.json; a 401 re-reads that file once, since TorchServe rotates keys
@@ -23,7 +31,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,14 +43,23 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from scripts.client.backoff import Backoff
+from scripts.client.breaker import CircuitBreaker
 from scripts.client.prometheus import Sample, parse_samples
 
+logger = logging.getLogger(__name__)
 INFERENCE_KEY_ENV = "TORCHSERVE_INFERENCE_KEY"
 MANAGEMENT_KEY_ENV = "TORCHSERVE_MANAGEMENT_KEY"
 SAFE_RETRIES = Retry(
     total=4, connect=4, read=2, status=2, other=0, backoff_factor=0.25, status_forcelist=(502, 503, 504),
     allowed_methods=frozenset({"GET", "PUT"}), raise_on_status=False,
 )
+# The frontend's words when it refuses a prediction before any worker saw it (TorchServe 0.12,
+# ApiUtils.getStreamingInferenceErrorResponseMessage): job queue full, or no worker thread.
+OVERLOAD_TEXT = "has no worker to serve inference request"
+# Five sends within 10 s; the pauses' ceilings are 0.1, 0.2, 0.4, 0.8 s: a client gives up within
+# about 1.5 s plus its sends, and a crowd of refused clients spreads its re-sends over that time.
+OVERLOAD_BACKOFF = Backoff(attempts=5, total_seconds=10.0, base_seconds=0.1, max_pause_seconds=2.0)
 
 
 class TorchServeError(RuntimeError):
@@ -52,13 +71,9 @@ class TorchServeError(RuntimeError):
 
     @classmethod
     def from_response(cls, response: requests.Response) -> TorchServeError:
-        try:
-            answer = response.json()
-            message = answer.get("message", response.text) if isinstance(answer, dict) else response.text
-        except ValueError:
-            message = response.text
-        kind = Unauthorized if is_auth_failure(response) else ERRORS_BY_STATUS.get(response.status_code, cls)
-        return kind(response.status_code, response.reason or "", response.url, str(message).strip())
+        kind = (Unauthorized if is_auth_failure(response) else Overloaded if is_overload(response)
+                else ERRORS_BY_STATUS.get(response.status_code, cls))
+        return kind(response.status_code, response.reason or "", response.url, _server_message(response))
 
 
 class Unauthorized(TorchServeError):
@@ -81,9 +96,37 @@ class Conflict(TorchServeError):
     """409: e.g. this version is registered already."""
 
 
+class Overloaded(TorchServeError):
+    """503 "has no worker to serve inference request": TorchServe did not queue the prediction.
+
+    Its job queue (`jobQueueSize`) was full, or the model had no worker thread at all.
+    No worker saw the request, so sending it again later is safe. predict() raises this
+    once its backoff ran out; `attempts` says how many times it was sent.
+    """
+
+    attempts: int = 1
+
+    @classmethod
+    def after(cls, response: requests.Response, attempts: int) -> Overloaded:
+        error = cls(response.status_code, response.reason or "", response.url, _server_message(response))
+        error.attempts = attempts
+        return error
+
+    def __str__(self) -> str:
+        sends = f"{self.attempts} sends" if self.attempts > 1 else "1 send"
+        return (f"overloaded: {self.url} refused the request before any worker saw it ({sends}; "
+                f"its job queue is full, or it has no worker), so retrying later is safe. "
+                f"TorchServe said: {self.status} {self.message}")
+
+
 ERRORS_BY_STATUS: dict[int, type[TorchServeError]] = {
     401: Unauthorized, 403: Forbidden, 404: NotFound, 405: ModelApiDisabled, 409: Conflict,
 }
+
+
+def is_overload(response: requests.Response) -> bool:
+    """TorchServe refused to queue the request (503 with the frontend's words): safe to re-send."""
+    return response.status_code == 503 and OVERLOAD_TEXT in response.text
 
 
 def is_auth_failure(response: requests.Response) -> bool:
@@ -126,7 +169,14 @@ class KeyFile:
 
 
 class TorchServeClient:
-    """One method per endpoint; use as a context manager to close the session."""
+    """One method per endpoint; use as a context manager to close the session.
+
+    `overload_backoff`: how predict() re-sends an overload refusal (`NO_RETRY` from
+    scripts.client.backoff: never). `breaker`: None (the default) or a CircuitBreaker
+    that predict() consults. Off by default because its state is worth something only
+    across many calls of a long-lived client (a service calling a model); tsctl and the
+    scripts make a few calls and must see every server answer, not a breaker's verdict.
+    """
 
     def __init__(
         self,
@@ -136,12 +186,16 @@ class TorchServeClient:
         timeout: float = 30.0,
         metrics_url: str = "http://127.0.0.1:8082",
         retries: Retry = SAFE_RETRIES,
+        overload_backoff: Backoff = OVERLOAD_BACKOFF,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.inference_url = inference_url.rstrip("/")
         self.management_url = management_url.rstrip("/")
         self.metrics_url = metrics_url.rstrip("/")
         self.keys = keys or KeyFile()
         self.timeout = timeout
+        self.overload_backoff = overload_backoff
+        self.breaker = breaker
         self.session = requests.Session()
         adapter = HTTPAdapter(max_retries=retries, pool_maxsize=32)
         self.session.mount("http://", adapter)
@@ -161,9 +215,28 @@ class TorchServeClient:
         self, model: str, body: bytes | str, content_type: str, version: str | None = None,
         check: bool = True, timeout: float | None = None,
     ) -> requests.Response:
-        """POST one request; with check=False a 4xx/5xx is returned rather than raised."""
-        return self._inference("POST", _model_path("/predictions", model, version), data=body,
-                               headers={"Content-Type": content_type}, check=check, timeout=timeout)
+        """POST one request; with check=False a 4xx/5xx is returned rather than raised.
+
+        An overload refusal is re-sent with `overload_backoff`; when that runs out, `Overloaded` is
+        raised even with check=False: the answer says nothing about the model, so a caller scoring
+        answers (the rollout gate) must not score it. With a breaker, `CircuitOpen` while it is open.
+        """
+        path = _model_path("/predictions", model, version)
+        started = time.monotonic()
+        response = self._predict_once(path, body, content_type, timeout)
+        attempts, retries = 1, self.overload_backoff.pauses()
+        while is_overload(response):
+            pause = next(retries, None)
+            if pause is None:
+                raise Overloaded.after(response, attempts)
+            logger.info("%s overloaded (503, not queued): re-sending after %.2f s, attempt %d of %d "
+                        "(%.1f s so far)", response.url, pause, attempts + 1, self.overload_backoff.attempts,
+                        time.monotonic() - started)
+            response = self._predict_once(path, body, content_type, timeout)
+            attempts += 1
+        if check and not response.ok:
+            raise TorchServeError.from_response(response)
+        return response
 
     # ---- management API ----------------------------------------------------------------
     def list_models(self) -> list[dict[str, Any]]:
@@ -203,6 +276,26 @@ class TorchServeClient:
         return parse_samples(text)
 
     # ---- the one place requests are sent ---------------------------------------------------
+    def _predict_once(self, path: str, body: bytes | str, content_type: str,
+                      timeout: float | None) -> requests.Response:
+        """One send, through the breaker when there is one: 5xx and connection failures count
+        against the server; any other answer (a 4xx is the client's mistake) counts for it."""
+        if self.breaker is None:
+            return self._inference("POST", path, data=body, headers={"Content-Type": content_type},
+                                   check=False, timeout=timeout)
+        self.breaker.before_call()
+        try:
+            response = self._inference("POST", path, data=body, headers={"Content-Type": content_type},
+                                       check=False, timeout=timeout)
+        except BaseException:
+            self.breaker.record_failure()
+            raise
+        if response.status_code >= 500:
+            self.breaker.record_failure()
+        else:
+            self.breaker.record_success()
+        return response
+
     def _inference(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         return self._request(method, self.inference_url + path, "inference", **kwargs)
 
@@ -235,6 +328,16 @@ class TorchServeClient:
         changed = fresh != self.keys
         self.keys = fresh
         return changed
+
+
+def _server_message(response: requests.Response) -> str:
+    """The `message` of TorchServe's JSON error body, else the body as text."""
+    try:
+        answer = response.json()
+        message = answer.get("message", response.text) if isinstance(answer, dict) else response.text
+    except ValueError:
+        message = response.text
+    return str(message).strip()
 
 
 def _model_path(prefix: str, model: str, version: str | None) -> str:

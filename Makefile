@@ -22,7 +22,7 @@ OPTIONS       ?= backend=torch backend=onnx backend=torch,quantize=int8 backend=
 help:
 	@echo "make serve   install what serving needs, build the example models and archives, start TorchServe"
 	@echo "make test    the whole test suite (unit + end-to-end against a real TorchServe)"
-	@echo "make stop    stop the TorchServe that 'make serve' started"
+	@echo "make stop    drain (accepted requests finish), then stop the TorchServe that 'make serve' started"
 	@echo "make test-unit / make test-e2e                 one half of the suite"
 	@echo "make bench MODEL=minilm [BENCH_ARGS=--quick]   benchmark one model (results/bench/)"
 	@echo "make tune MODEL=minilm P99_MS=250              sweep batch settings, recommend one"
@@ -77,7 +77,7 @@ serve: archive
 	$(PY) -m scripts.serve.server start --ts-config $(TS_CONFIG)
 
 stop: install
-	$(PY) -m scripts.serve.server stop
+	$(PY) -m scripts.serve.server stop --ts-config $(TS_CONFIG)
 
 # The operator CLI (`tsctl --help`); these read ./config.properties and ./key_file.json.
 status: install

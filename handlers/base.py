@@ -204,6 +204,7 @@ class ModelHandler(BaseHandler):
 
     def handle(self, data: list[Any], context: Any) -> list[Any]:
         """Answer a batch: one response (and one status) per request, in order."""
+        self.metrics.in_flight(len(data))
         with self.metrics.stage("preprocess"):
             records = [self._read(index, item, context) for index, item in enumerate(data)]
         live = [record for record in records if record.body is None]
@@ -216,6 +217,7 @@ class ModelHandler(BaseHandler):
             self._infer(live, instances, context)
         self.metrics.outcomes(Counter(record.status for record in records),
                               Counter(record.error for record in records if record.error))
+        self.metrics.in_flight(0)
         self.metrics.flush()
         for record in records:
             context.set_response_header(record.index, VERSION_HEADER, self.version)

@@ -16,6 +16,7 @@ which on a small model is a measurable share of the worker's time.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import socket
 import time
@@ -35,7 +36,9 @@ _DECLARED = {
     "HandlerStageSeconds": MetricTypes.HISTOGRAM, "BatchRequests": MetricTypes.HISTOGRAM,
     "BatchInstances": MetricTypes.HISTOGRAM, "HandlerResponses_total": MetricTypes.COUNTER,
     "HandlerErrors_total": MetricTypes.COUNTER, "DeviceMemoryAllocatedBytes": MetricTypes.GAUGE,
+    "InFlightRequests": MetricTypes.GAUGE,
 }
+_PID = str(os.getpid())
 
 
 def model_identity(context: Any) -> tuple[str, str]:
@@ -65,6 +68,17 @@ class HandlerMetrics:
             yield
         finally:
             self._add("HandlerStageSeconds", time.perf_counter() - start, name)
+
+    def in_flight(self, requests: int) -> None:
+        """This worker's batch in progress (0 when idle), per worker pid.
+
+        The drain (scripts/operate/drain.py) reads it to know that no batch is inside a
+        worker: TorchServe's own queue figure counts only requests not yet taken. The
+        start of a batch is flushed at once; its end goes out with the batch's other metrics.
+        """
+        self._add("InFlightRequests", requests, _PID)
+        if requests:
+            self.flush()
 
     def batch(self, requests: int, instances: int) -> None:
         self._add("BatchRequests", requests)

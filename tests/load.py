@@ -6,6 +6,8 @@
 
 locust records every response (locustfile.py's BENCH_RESPONSES): when it was sent
 and answered, its status (0: the connection failed), and the version that answered.
+When the time is up, requests still in flight finish and are recorded (--stop-timeout),
+so no request goes unrecorded.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class BackgroundLoad:
         env = {"BENCH_RESPONSES": str(replies), **({"BENCH_TOKEN": token} if token else {})}
         pool = ThreadPoolExecutor(1)
         future = pool.submit(run_load, inference_url, f"/predictions/{model}", bodies, users, seconds,
-                             workdir, settle=0.0, extra_env=env)
+                             workdir, settle=0.0, extra_env=env, stop_timeout=30)
         deadline = time.monotonic() + 60
         while not (replies.exists() and replies.stat().st_size > 0):
             if time.monotonic() > deadline or future.done():

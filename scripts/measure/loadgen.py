@@ -77,9 +77,12 @@ class LoadResult:
 
 def run_load(host: str, path: str, bodies_file: Path, users: int, seconds: float, workdir: Path,
              metrics_url: str | None = None, model_label: str | None = None,
-             settle: float = 1.0, extra_env: dict[str, str] | None = None) -> LoadResult:
+             settle: float = 1.0, extra_env: dict[str, str] | None = None,
+             stop_timeout: float = 0.0) -> LoadResult:
     """Run locust for `seconds` (whole seconds, rounded up) with `users` concurrent clients;
-    figures from its CSV summary. `extra_env`: BENCH_TOKEN, BENCH_RESPONSES (locustfile.py)."""
+    figures from its CSV summary. `extra_env`: BENCH_TOKEN, BENCH_RESPONSES (locustfile.py).
+    `stop_timeout`: at the end, let requests in flight finish (and be recorded) for up to this long;
+    0 (locust's default) abandons them."""
     prefix = workdir / f"locust-{path.strip('/').replace('/', '_')}-{users}-{time.monotonic_ns()}"
     before = scrape(metrics_url) if metrics_url else []
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -88,6 +91,8 @@ def run_load(host: str, path: str, bodies_file: Path, users: int, seconds: float
     command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
                "--users", str(users), "--spawn-rate", str(users), "--run-time", run_time,
                "--host", host, "--csv", str(prefix), "--loglevel", "ERROR", "--exit-code-on-error", "0"]
+    if stop_timeout:
+        command += ["--stop-timeout", f"{stop_timeout:g}"]
     env = {**os.environ, "BENCH_BODIES": str(bodies_file), "BENCH_PATH": path, **(extra_env or {})}
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False,
                             timeout=seconds + 120)

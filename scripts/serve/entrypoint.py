@@ -43,7 +43,7 @@ from types import FrameType
 
 import psutil
 
-from scripts.serve.health import draining_marker
+from scripts.operate.drain import draining_marker
 
 logger = logging.getLogger(__name__)
 DRAIN_ENV = "DRAIN_SECONDS"

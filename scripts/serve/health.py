@@ -38,10 +38,10 @@ from urllib3.util.retry import Retry
 
 from scripts.client.rest import KeyFile, TorchServeClient, TorchServeError, Unauthorized, ready_workers
 from scripts.config.files import read_properties
+from scripts.operate.drain import draining_marker
 
 CONFIG_ENV = "TS_CONFIG_FILE"
 DEFAULT_MANAGEMENT = "http://127.0.0.1:8081"
-DRAINING_MARKER = "draining"  # written by scripts/serve/entrypoint.py on SIGTERM
 # Environment variables TorchServe 0.12 applies over the file when enable_envvars_config=true.
 ENV_OVERRIDES = {"TS_MANAGEMENT_ADDRESS": "management_address",
                  "TS_DISABLE_TOKEN_AUTHORIZATION": "disable_token_authorization"}
@@ -57,10 +57,6 @@ class HealthError(RuntimeError):
 class Target:
     management_url: str
     token_auth: bool
-
-
-def draining_marker(server_dir: Path) -> Path:
-    return server_dir / DRAINING_MARKER
 
 
 def read_target(ts_config: Path, environ: Mapping[str, str]) -> Target:
@@ -163,7 +159,7 @@ def check(ts_config: Path, server_dir: Path, live: bool, timeout: float,
         if live:
             return liveness(target, timeout)
         if draining_marker(server_dir).exists():
-            return False, "not ready: draining after SIGTERM (the server stops taking traffic)"
+            return False, "not ready: draining (the server finishes what it accepted, then stops)"
         keys = read_keys(server_dir) if target.token_auth else KeyFile()
         try:
             return readiness(target, keys, timeout)

@@ -1,11 +1,20 @@
 """Start TorchServe on the archives in model_store/, wait until every model is READY, stop it.
 
     python -m scripts.serve.server start [--ts-config configs/local.properties]
-    python -m scripts.serve.server stop
+    python -m scripts.serve.server stop [--ts-config ...] [--drain-timeout 60] [--announce 0]
 
 `start` runs `torchserve --start` in the background (logs in ./logs), waits until
 each archive's model has READY workers (a worker is READY once `initialize()`
-returned), prints a working curl line per model and tries each one.
+returned), starts the keeper beside it (scripts/serve/keeper.py: /ready and /live
+without a key, keys renewed before they expire), prints a working curl line per
+model and tries each one.
+Before starting, `start` checks every archive TorchServe will load (scripts/build/store.py:
+a damaged or foreign one, or two archives of one model, stop it with exit 2). While
+waiting, a model whose workers crash-loop, or that is still not READY --ready-grace
+seconds after the others, is named with its worker log's last lines; the TorchServe
+just started is then stopped and the exit code is 1 (scripts/serve/startup.py).
+`stop` drains first (scripts/operate/drain.py: readiness false, the requests
+TorchServe accepted finish), then stops TorchServe and the keeper.
 """
 
 from __future__ import annotations
@@ -16,18 +25,24 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import requests
 
+from scripts.build.store import ArchiveError, check_startup, startup_archives
 from scripts.client.rest import KeyFile, TorchServeClient, TorchServeError, ready_workers
 from scripts.config.files import read_properties
 from scripts.config.model import CONFIG_DIR, ConfigError, Example, load_spec
+from scripts.operate.drain import drain
+from scripts.serve import keeper
+from scripts.serve.startup import CannotLoad, LoadWatch
 
 logger = logging.getLogger(__name__)
 LOG_DIR = Path("logs")
+STOP_WAIT = 60.0  # seconds for a TorchServe this start launched to stop after a failed start
 
 
 def torchserve_command(*args: str) -> list[str]:
@@ -36,19 +51,28 @@ def torchserve_command(*args: str) -> list[str]:
 
 
 def wait_until_ready(
-    client: TorchServeClient, models: Iterable[str], timeout: float, log_hint: Path
+    client: TorchServeClient, models: Iterable[str], timeout: float, log_hint: Path,
+    watch: LoadWatch | None = None,
 ) -> None:
-    """Poll the management API until every model has a READY worker, or raise TimeoutError."""
+    """Poll the management API until every model has a READY worker, or raise TimeoutError;
+    with a `watch`, raise CannotLoad as soon as a model shows it will not load."""
     pending = set(models)
     deadline = time.monotonic() + timeout
     while pending:
         for name in sorted(pending):
             try:
-                if ready_workers(client.describe(name)) > 0:
-                    pending.discard(name)
-                    logger.info("  %s: READY", name)
+                description = client.describe(name)
             except (requests.RequestException, TorchServeError):
-                pass  # frontend not up yet, or the model not registered yet
+                continue  # frontend not up yet, or the model not registered yet
+            if ready_workers(description) > 0:
+                pending.discard(name)
+                logger.info("  %s: READY", name)
+                if watch:
+                    watch.ready()
+            elif watch:
+                watch.observe(name, description)
+        if watch:
+            watch.check_trailing(pending)
         if pending and time.monotonic() > deadline:
             raise TimeoutError(f"not READY after {timeout:.0f}s: {sorted(pending)}; see {log_hint}")
         if pending:
@@ -86,13 +110,21 @@ def show_examples(client: TorchServeClient, store: Path) -> None:
         print(curl_line(url, example))
 
 
-def start(ts_config: Path, timeout: float) -> int:
+def start(ts_config: Path, timeout: float, health_address: str = keeper.DEFAULT_HEALTH_ADDRESS,
+          watch: LoadWatch | None = None) -> int:
     properties = read_properties(ts_config)
     store = Path(properties.get("model_store", "model_store"))
-    models = sorted(path.stem for path in store.glob("*.mar"))
+    try:  # TorchServe would register a damaged archive anyway, and two of one model in directory order
+        archives = check_startup(store, startup_archives(store, properties.get("load_models", "")))
+    except ArchiveError as error:
+        logger.error("error: TorchServe was not started:\n%s", error)
+        return 2
+    models = sorted({info.name for info in archives})
     if not models:
-        logger.error("error: no archives in %s; run `make archive` first", store)
+        logger.error("error: %s loads no archive from %s (load_models=%s); run `make archive` first",
+                     ts_config, store, properties.get("load_models", ""))
         return 1
+    watch = watch or LoadWatch(model_log=LOG_DIR / "model_log.log")
     # --ncs: no config snapshots, so a later plain `torchserve --start` reads ./config.properties.
     command = torchserve_command("--start", "--ts-config", str(ts_config), "--ncs")
     logger.info("==> %s  (logs: %s/)", " ".join(command), LOG_DIR)
@@ -111,18 +143,83 @@ def start(ts_config: Path, timeout: float) -> int:
     with TorchServeClient(inference, management, keys) as client:
         logger.info("==> waiting for READY workers: %s", ", ".join(models))
         try:
-            wait_until_ready(client, models, timeout, LOG_DIR / "model_log.log")
-        except TimeoutError as error:
-            logger.error("error: %s", error)
+            wait_until_ready(client, models, timeout, LOG_DIR / "model_log.log", watch)
+        except (CannotLoad, TimeoutError) as error:
+            refuse_to_serve(error)
             return 1
+        keeper.spawn(ts_config, Path("."), health_address, LOG_DIR)
         print(f"\nTorchServe is up: inference {inference}, management {management}, "
-              f"metrics {properties.get('metrics_address', '')}; logs in {LOG_DIR}/; stop with `make stop`.")
+              f"metrics {properties.get('metrics_address', '')}, health http://{health_address}/ready "
+              f"and /live; logs in {LOG_DIR}/; stop (drain first) with `make stop`.")
         show_examples(client, store)
     return 0
 
 
-def stop() -> int:
-    return subprocess.run(torchserve_command("--stop"), check=False).returncode
+def refuse_to_serve(error: CannotLoad | TimeoutError) -> None:
+    """Say which model cannot load and why, then stop the TorchServe this start launched."""
+    logger.error("error: %s", error)
+    if isinstance(error, CannotLoad):
+        if error.log:
+            logger.error("  the last lines its workers wrote to %s:\n    %s", LOG_DIR / "model_log.log",
+                         "\n    ".join(error.log))
+        logger.error("  fix: the traceback says why; `python -m scripts.build.store check ARCHIVE` checks "
+                     "an archive, `make archive` rebuilds it; take %s's .mar out of the store to serve the "
+                     "others", error.model)
+    pid = frontend_pid()
+    logger.error("==> stopping the TorchServe this start launched (torchserve --stop)")
+    if stop_started(pid):
+        logger.error("    stopped: nothing of it is left running")
+    else:
+        logger.error("    it did not stop within %.0f s: TorchServe (pid %s) is LEFT RUNNING; stop it with "
+                     "`make stop`", STOP_WAIT, pid)
+
+
+def frontend_pid() -> int | None:
+    """The TorchServe frontend's pid, from the pid file `torchserve --start` wrote under TMPDIR."""
+    try:
+        return int((Path(tempfile.gettempdir()) / ".model_server.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def stop_started(pid: int | None, wait: float = STOP_WAIT) -> bool:
+    """`torchserve --stop`, then wait until the frontend `pid` is gone (its workers go with it)."""
+    subprocess.run(torchserve_command("--stop"), check=False, stdin=subprocess.DEVNULL,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + wait
+    while pid is not None and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return pid is None
+
+
+def stop(ts_config: Path, drain_timeout: float, announce: float) -> int:
+    """Drain (readiness false, let accepted requests finish), stop TorchServe, then the keeper."""
+    properties = read_properties(ts_config)
+    client = TorchServeClient(properties.get("inference_address", "http://127.0.0.1:8080"),
+                              properties.get("management_address", "http://127.0.0.1:8081"),
+                              KeyFile.read(Path("key_file.json")), timeout=10,
+                              metrics_url=properties.get("metrics_address", "http://127.0.0.1:8082"))
+    codes: list[int] = []
+
+    def torchserve_stop() -> None:
+        codes.append(subprocess.run(torchserve_command("--stop"), check=False).returncode)
+
+    with client:
+        try:
+            report = drain(client, Path("."), torchserve_stop, announce=announce, timeout=drain_timeout)
+            logger.info("==> drained in %.1f s%s", report.waited_s, "" if report.idle else
+                        f" (cut off: {report.left.queued} queued, {report.left.in_worker} in workers)")
+        except (requests.RequestException, TorchServeError) as error:
+            logger.info("==> no drain: TorchServe does not answer at %s (%s)", client.management_url,
+                        type(error).__name__)
+            if not codes:
+                torchserve_stop()
+    keeper.terminate(LOG_DIR)
+    return codes[-1] if codes else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,10 +228,22 @@ def main(argv: list[str] | None = None) -> int:
     start_parser = commands.add_parser("start", help="start TorchServe and wait for READY models")
     start_parser.add_argument("--ts-config", type=Path, default=Path("configs/local.properties"))
     start_parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for READY")
-    commands.add_parser("stop", help="stop TorchServe")
+    start_parser.add_argument("--ready-grace", type=float, default=30.0,
+                              help="seconds a model may stay not READY after the others are (default 30)")
+    start_parser.add_argument("--health-address", default=keeper.DEFAULT_HEALTH_ADDRESS,
+                              help="where the keeper answers /ready and /live without a key")
+    stop_parser = commands.add_parser("stop", help="drain, then stop TorchServe")
+    stop_parser.add_argument("--ts-config", type=Path, default=Path("configs/local.properties"))
+    stop_parser.add_argument("--drain-timeout", type=float, default=60.0,
+                             help="seconds to wait for accepted requests to finish (default 60)")
+    stop_parser.add_argument("--announce", type=float, default=0.0,
+                             help="seconds to keep serving after readiness turns false (default 0)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return start(args.ts_config, args.timeout) if args.command == "start" else stop()
+    if args.command == "start":
+        watch = LoadWatch(grace=args.ready_grace, model_log=LOG_DIR / "model_log.log")
+        return start(args.ts_config, args.timeout, args.health_address, watch)
+    return stop(args.ts_config, args.drain_timeout, args.announce)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from scripts.client.rest import KeyFile, TorchServeClient
+from scripts.operate.drain import draining_marker
 from scripts.serve import health
 from scripts.serve.local import LocalServer, write_properties
 from scripts.serve.server import torchserve_command
@@ -102,10 +103,11 @@ def test_an_expired_management_key_is_renewed(server: LocalServer) -> None:
 
 
 def test_draining_is_not_ready_but_live(server: LocalServer) -> None:
-    marker = health.draining_marker(server.workdir)
+    marker = draining_marker(server.workdir)
     marker.write_text("draining\n")
     try:
-        assert check(server) == (False, "not ready: draining after SIGTERM (the server stops taking traffic)")
+        assert check(server) == \
+            (False, "not ready: draining (the server finishes what it accepted, then stops)")
         assert check(server, live=True)[0]
     finally:
         marker.unlink()

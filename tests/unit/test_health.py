@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from scripts.operate.drain import draining_marker
 from scripts.serve import health
 from scripts.serve.local import free_port
 
@@ -94,6 +95,7 @@ def test_nothing_listening_is_not_ready_and_not_live(tmp_path: Path, live: bool)
 def test_draining_is_not_ready_before_any_call(tmp_path: Path) -> None:
     """The marker alone decides: nothing listens on the port, yet the answer names the drain."""
     config = properties(tmp_path / "c.properties", management_address=f"http://127.0.0.1:{free_port()}")
-    health.draining_marker(tmp_path).write_text("draining\n")
+    draining_marker(tmp_path).write_text("draining\n")
     healthy, line = health.check(config, tmp_path, live=False, timeout=1, environ={})
-    assert (healthy, line) == (False, "not ready: draining after SIGTERM (the server stops taking traffic)")
+    assert (healthy, line) == \
+        (False, "not ready: draining (the server finishes what it accepted, then stops)")

@@ -1,0 +1,69 @@
+"""`make stop` drains: under locust load, every request accepted before the drain began is answered.
+
+Each test starts a real TorchServe with token authorization on, puts locust on one
+model, and while the load runs calls the real `python -m scripts.serve.server stop`
+(what `make stop` runs) in the server's working directory. The load keeps going for a
+few seconds after the drain began, as a client that has not yet seen readiness turn
+false would, then ends; the drain must wait for it and lose nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from scripts.operate.drain import draining_marker
+from scripts.serve.local import LocalServer
+from tests.conftest import FIGURES, ROOT
+from tests.load import BackgroundLoad
+
+pytestmark = pytest.mark.e2e
+STORE = Path("model_store").resolve()
+LOAD_SECONDS = 12   # locust's run; the drain begins DRAIN_AFTER seconds after the first answer
+DRAIN_AFTER = 5
+
+
+def make_stop(server: LocalServer) -> subprocess.Popen[str]:
+    """`make stop`'s command, run where TorchServe runs (its key file, pid file and logs are there)."""
+    env = {**os.environ, "TMPDIR": str(server.workdir / "tmp"), "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "scripts.serve.server", "stop", "--ts-config",
+                             str(server.workdir / "config.properties"), "--drain-timeout", "60"],
+                            cwd=server.workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+@pytest.mark.parametrize("model", ["tabular", "minilm"])
+def test_make_stop_under_load_answers_every_accepted_request(model: str, tmp_path: Path) -> None:
+    with LocalServer.start(tmp_path / "server", STORE, [model],
+                           extra={"disable_token_authorization": "false"}) as server:
+        token = json.loads(server.key_file.read_text())["inference"]["key"]
+        load = BackgroundLoad.start(server.inference_url, model, tmp_path / "load", LOAD_SECONDS, token=token)
+        time.sleep(DRAIN_AFTER)
+        drain_began = time.time()
+        stopper = make_stop(server)
+        seen_draining = False
+        while stopper.poll() is None:  # readiness false while it drains
+            seen_draining |= draining_marker(server.workdir).exists()
+            time.sleep(0.05)
+        stopped = time.time()
+        output = stopper.stdout.read() if stopper.stdout else ""
+        result = load.result()
+        assert stopper.returncode == 0, output
+        assert server.process.wait(timeout=60) is not None, "TorchServe still runs after make stop"
+    replies = load.replies()
+    accepted_before = [reply for reply in replies if reply.sent < drain_began]
+    failed = [reply for reply in replies if reply.status != 200]
+    assert seen_draining and "drained in" in output and "cut off" not in output, output
+    assert accepted_before and not [r for r in accepted_before if r.status != 200], failed[:5]
+    assert result.failures == len(failed) == 0, failed[:5]
+    assert not draining_marker(server.workdir).exists()
+    FIGURES[f"drain under load ({model})"] = (
+        f"{len(accepted_before)} requests accepted before the drain, {len(replies)} in all, "
+        f"{len(failed)} failed; make stop took {stopped - drain_began:.1f} s "
+        f"(the load went on {LOAD_SECONDS - DRAIN_AFTER} s past the drain's start)")

@@ -54,11 +54,11 @@ logger = logging.getLogger(__name__)
 UNAUTHORIZED_FIX = ("token authorization is on and the key was missing or wrong: pass --key-file with the "
                     "key_file.json TorchServe wrote in the directory it was started from, or set "
                     "TORCHSERVE_MANAGEMENT_KEY and TORCHSERVE_INFERENCE_KEY")
-MODEL_API_FIX = ("the model API is off (enable_model_api=false, as in configs/production.properties), so "
-                 "TorchServe refuses to register or unregister. For the rollout window set "
-                 "enable_model_api=true in that file, restart (`torchserve --stop`, then `torchserve --start "
-                 "--ts-config FILE --ncs`), run the rollout, and set it back to false. rollback and scale "
-                 "work without it")
+MODEL_API_FIX = ("this TorchServe runs with enable_model_api=false, so it refuses to register or "
+                 "unregister. configs/production.properties and configs/local.properties turn it on "
+                 "(enable_model_api=true, behind the management key, with allowed_urls locked to the model "
+                 "store): start the server with one of them, or set both lines in its properties file and "
+                 "restart once. rollback and scale work without it")
 
 
 def connect(args: argparse.Namespace) -> tuple[TorchServeClient, Path]:

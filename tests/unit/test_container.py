@@ -71,8 +71,10 @@ def test_container_properties_are_production_with_only_the_container_changes() -
     expected["model_store"] = f"/opt/toolkit/{production['model_store']}"
     expected["metrics_config"] = f"/opt/toolkit/{production['metrics_config']}"
     expected["enable_envvars_config"] = "true"
+    expected["enable_model_api"] = "false"  # the image's model_store is read-only: no rollout inside
     assert container == expected
-    assert container["disable_token_authorization"] == "false" and container["enable_model_api"] == "false"
+    assert container["disable_token_authorization"] == "false"
+    assert container["allowed_urls"] == production["allowed_urls"]  # locked to the store there too
 
 
 def test_the_image_installs_the_serving_dependencies_only() -> None:

@@ -30,6 +30,7 @@ help:
 	@echo "make bench-options MODEL=minilm [OPTIONS=...]  each speed option beside the YAML's settings"
 	@echo "make coldstart                                 first request after READY, warm-up on/off"
 	@echo "make memory MODEL=minilm                       RSS/PSS of 1, 2, 4 workers, mmap on/off"
+	@echo "make overload MODEL=tabular                    2x saturation for 60 s: p99 accepted, share refused, time to refuse"
 	@echo "make status                                    models, versions, default, workers (tsctl status)"
 	@echo "make rollout MODEL=tabular VERSION=2.0         gate a new version, then make it the default"
 	@echo "make rollback MODEL=tabular                    the previous version becomes the default again"
@@ -128,6 +129,11 @@ coldstart: install-dev models
 
 memory: install-dev models
 	$(PY) -m scripts.measure.memory --model $(MODEL)
+
+# The shipped YAML (jobQueueSize, batching) at 2x the rate it saturates at (results/overload/).
+.PHONY: overload
+overload: install-dev models
+	$(PY) -m scripts.measure.overload --model $(MODEL) $(OVERLOAD_ARGS)
 
 lint: install-dev
 	$(PY) -m ruff check handlers scripts tests

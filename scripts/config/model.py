@@ -19,6 +19,8 @@
       maxWorkers: 1
       responseTimeout: 30
       startupTimeout: 120
+      jobQueueSize: 250            # requests waiting for a worker; more are refused with 503 at once.
+                                   # About latency budget (s) x measured req/s, and >= batchSize
       deviceType: gpu              # GPU when present, else CPU
       handler:                     # the handler's own options (its `Options` dataclass)
         class_names: [malignant, benign]
@@ -52,10 +54,10 @@ TOP_LEVEL_KEYS = {"name", "version", "handler", "files", "example", "model_confi
 REQUIRED_KEYS = ("name", "version", "handler", "files", "model_config")
 # TorchServe model-config keys we check the type of (positive integers unless noted).
 COUNT_KEYS = {"batchSize": 1, "maxBatchDelay": 0, "minWorkers": 1, "maxWorkers": 1,
-              "responseTimeout": 1, "startupTimeout": 1}
+              "responseTimeout": 1, "startupTimeout": 1, "jobQueueSize": 1}
 DEVICE_TYPES = ("cpu", "gpu")
 # Other keys TorchServe's model-config understands; passed through unchecked.
-PASS_THROUGH_KEYS = {"parallelType", "parallelLevel", "deviceIds", "jobQueueSize", "useJobTicket",
+PASS_THROUGH_KEYS = {"parallelType", "parallelLevel", "deviceIds", "useJobTicket",
                      "continuousBatching", "maxSequenceJobQueueSize", "sequenceMaxIdleMSec",
                      "useVenv", "torchrun", "handler"}
 
@@ -192,8 +194,18 @@ def _model_config(path: Path, value: Any, handler: Path, files: tuple[Path, ...]
     if value.get("minWorkers", 1) > value.get("maxWorkers", value.get("minWorkers", 1)):
         raise ConfigError(path, "model_config.minWorkers", "is greater than maxWorkers",
                           "make minWorkers <= maxWorkers")
+    _check_queue(path, value)
     _check_handler_options(path, handler, value.get("handler"), files)
     return value
+
+
+def _check_queue(path: Path, value: dict[str, Any]) -> None:
+    """A queue that cannot hold one batch makes every batch wait out maxBatchDelay to fill."""
+    queue, batch = value.get("jobQueueSize"), value.get("batchSize", 1)
+    if queue is not None and queue < batch:
+        raise ConfigError(path, "model_config.jobQueueSize", f"{queue} is smaller than batchSize {batch}, "
+                          "so a full batch can never wait in the queue",
+                          f"make it >= {batch}: about latency budget (s) x measured requests/s")
 
 
 def _check_handler_options(path: Path, handler: Path, raw: Any, files: tuple[Path, ...]) -> None:

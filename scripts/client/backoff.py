@@ -39,8 +39,10 @@ class Backoff:
 
     def pauses(self) -> Iterator[float]:
         """Yield before each re-send, after sleeping the pause it yields; the caller breaks on success.
-        The first send happens before the first iteration, so `attempts=1` yields nothing."""
-        deadline = self.clock() + self.total_seconds
+        Call it when the first send starts (the total time counts from then); `attempts=1` yields nothing."""
+        return self._pauses(deadline=self.clock() + self.total_seconds)
+
+    def _pauses(self, deadline: float) -> Iterator[float]:
         for retry in range(1, self.attempts):
             ceiling = min(self.max_pause_seconds, self.base_seconds * 2 ** (retry - 1))
             remaining = deadline - self.clock()

@@ -222,9 +222,9 @@ class TorchServeClient:
         answers (the rollout gate) must not score it. With a breaker, `CircuitOpen` while it is open.
         """
         path = _model_path("/predictions", model, version)
-        started = time.monotonic()
+        started, retries = time.monotonic(), self.overload_backoff.pauses()
         response = self._predict_once(path, body, content_type, timeout)
-        attempts, retries = 1, self.overload_backoff.pauses()
+        attempts = 1
         while is_overload(response):
             pause = next(retries, None)
             if pause is None:

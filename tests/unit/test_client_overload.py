@@ -23,16 +23,30 @@ OK = (200, {"class_index": 1})
 Answer = tuple[int, dict[str, object]] | Exception
 
 
+class FakeTime:
+    """A clock that sleeping (and a scripted send) moves."""
+
+    def __init__(self) -> None:
+        self.now, self.slept = 0.0, []
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
 class Scripted(BaseAdapter):
     """Answers each request with the next scripted answer, and records what was sent."""
 
-    def __init__(self, answers: Sequence[Answer]) -> None:
+    def __init__(self, answers: Sequence[Answer], fake: FakeTime | None = None, takes: float = 0.0) -> None:
         super().__init__()
         self.answers = list(answers)
         self.sent: list[requests.PreparedRequest] = []
+        self.fake, self.takes = fake, takes
 
     def send(self, request: requests.PreparedRequest, *args: object, **kwargs: object) -> requests.Response:
         self.sent.append(request)
+        if self.fake:
+            self.fake.now += self.takes
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
@@ -46,21 +60,10 @@ class Scripted(BaseAdapter):
         pass
 
 
-class FakeTime:
-    """A clock that only sleeping moves."""
-
-    def __init__(self) -> None:
-        self.now, self.slept = 0.0, []
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
-def client_with(answers: Sequence[Answer], backoff: Backoff = NO_RETRY,
-                breaker: CircuitBreaker | None = None) -> tuple[TorchServeClient, Scripted]:
+def client_with(answers: Sequence[Answer], backoff: Backoff = NO_RETRY, breaker: CircuitBreaker | None = None,
+                adapter: Scripted | None = None) -> tuple[TorchServeClient, Scripted]:
     client = TorchServeClient("http://ts:8080", overload_backoff=backoff, breaker=breaker)
-    adapter = Scripted(answers)
+    adapter = adapter or Scripted(answers)
     client.session.mount("http://", adapter)
     return client, adapter
 
@@ -107,6 +110,15 @@ def test_no_re_send_starts_after_the_total_time() -> None:
         client.predict("tabular", b"{}", "application/json")
     assert fake.slept == pytest.approx([0.1, 0.15])  # the second pause is cut at the deadline
     assert len(adapter.sent) == 3
+
+
+def test_the_total_time_counts_from_the_first_send() -> None:
+    fake = FakeTime()
+    slow = Scripted([QUEUE_FULL] * 10, fake, takes=0.2)  # each refusal takes 0.2 s to come back
+    client, _ = client_with([], backoff(fake, attempts=10, total=0.5), adapter=slow)
+    with pytest.raises(Overloaded):
+        client.predict("tabular", b"{}", "application/json")
+    assert len(slow.sent) == 2  # sent at 0.0 and 0.3; at 0.5 the time is up
 
 
 @pytest.mark.parametrize("answer", [

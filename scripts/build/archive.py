@@ -6,7 +6,11 @@ Every config is checked before anything is written; a bad one stops the run with
 one line naming the file, the key and the fix. Each archive is built in a private
 staging folder (its own TMPDIR, since torch-model-archiver stages in
 $TMPDIR/<model-name>) and moved into place in one rename, so model_store/ never
-holds half an archive. An archive whose inputs have not changed is not rebuilt.
+holds half an archive. What torch-model-archiver wrote is checked before that
+rename (scripts/build/store.check_archive: a sound zip, its manifest, its handler
+file, the right name and version), so the store never receives an archive TorchServe
+could not load. An archive whose inputs have not changed is not rebuilt, unless the
+one in the store is damaged.
 Every version built is also kept as model_store/.versions/NAME-VERSION.mar (a copy;
 hidden, so TorchServe's load_models=all skips it): the rollout CLI puts a
 version's archive back as model_store/NAME.mar when it becomes the default again.
@@ -31,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from scripts.build.optimize import prepare
-from scripts.build.store import keep_version, version_archive
+from scripts.build.store import ArchiveError, check_archive, keep_version, version_archive
 from scripts.config.model import ConfigError, ModelSpec, load_spec
 
 logger = logging.getLogger(__name__)
@@ -95,9 +99,33 @@ def build_archive(spec: ModelSpec, store: Path) -> Path:
                 f"torch-model-archiver failed for {spec.source} (exit {result.returncode}):\n"
                 f"{result.stdout}{result.stderr}"
             )
+        built = staging / "out" / f"{spec.name}.mar"
+        check_built(spec, built)
         target = archive_path(spec, store)
-        (staging / "out" / f"{spec.name}.mar").replace(target)
+        built.replace(target)
     return target
+
+
+def check_built(spec: ModelSpec, built: Path) -> None:
+    """Refuse (RuntimeError) an archive TorchServe could not load, or one of another name or version."""
+    try:
+        info = check_archive(built)
+    except ArchiveError as error:
+        raise RuntimeError(f"torch-model-archiver wrote an archive for {spec.source} that TorchServe could "
+                           f"not load, so it was not put in the store: {error}") from None
+    if (info.name, info.version) != (spec.name, spec.version):
+        raise RuntimeError(f"torch-model-archiver wrote {info.name} {info.version} for {spec.source}, which "
+                           f"asks for {spec.name} {spec.version}; nothing was put in the store")
+
+
+def intact(target: Path) -> bool:
+    """Whether the archive in the store still reads as one (structure only: a quick check)."""
+    try:
+        check_archive(target, verify_data=False)
+    except ArchiveError as error:
+        logger.warning("%s; rebuilding it", error)
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         stamp, current = fingerprints / f"{spec.name}.sha256", fingerprint(spec)
         target = archive_path(spec, args.store)
         kept = version_archive(args.store, spec.name, spec.version)
-        if not args.force and target.exists() and stamp.exists() and stamp.read_text() == current:
+        unchanged = target.exists() and stamp.exists() and stamp.read_text() == current
+        if not args.force and unchanged and intact(target):
             if not kept.exists():
                 keep_version(target, kept)
             logger.info("%s: up to date (%s)", prefix, target)

@@ -31,7 +31,14 @@ from typing import Any
 import requests
 from packaging.version import InvalidVersion, Version
 
-from scripts.build.store import ArchiveInfo, keep_version, read_archive, version_archive
+from scripts.build.store import (
+    ArchiveError,
+    ArchiveInfo,
+    check_archive,
+    keep_version,
+    read_archive,
+    version_archive,
+)
 from scripts.client.rest import NotFound, TorchServeClient, TorchServeError, ready_workers
 from scripts.operate.gate import Verdict, ask, judge
 from scripts.operate.golden import GoldenRequest, read_golden
@@ -129,7 +136,7 @@ def place_archive(store: Path, model: str, version: str) -> ArchiveInfo:
     target = store / f"{model}.mar"
     placed = _archive_of(target, model, version)
     if placed is not None:
-        return placed
+        return loadable(placed.path)
     kept = version_archive(store, model, version)
     if not kept.exists():
         raise RolloutFailed(Exit.USAGE, f"no archive of {model} {version} in {store}: set version: "
@@ -138,8 +145,18 @@ def place_archive(store: Path, model: str, version: str) -> ArchiveInfo:
     if found is None:
         raise RolloutFailed(Exit.USAGE, f"{kept} is not an archive of {model} {version}: rebuild it with "
                             "`make archive`")
+    loadable(kept)  # before it replaces the default's archive at the top of the store
     keep_version(kept, target)
     return replace(found, path=target)
+
+
+def loadable(path: Path) -> ArchiveInfo:
+    """`path` checked as TorchServe would need it; a damaged or foreign archive is refused (exit 2)
+    before TorchServe sees it: it would register it anyway, and its workers would die in a loop."""
+    try:
+        return check_archive(path)
+    except ArchiveError as error:
+        raise RolloutFailed(Exit.USAGE, str(error)) from None
 
 
 def _archive_of(path: Path, model: str, version: str) -> ArchiveInfo | None:
@@ -149,6 +166,28 @@ def _archive_of(path: Path, model: str, version: str) -> ArchiveInfo | None:
     except ValueError:
         return None
     return info if (info.name, info.version) == (model, version) else None
+
+
+def register_archive(client: TorchServeClient, store: Path, file: str) -> dict[str, Any]:
+    """`tsctl register`: check the archive, register it, then settle the store so a restart serves
+    the default: the archive is kept as .versions/NAME-VERSION.mar, a second top-level archive
+    of the model moves there, and model_store/NAME.mar is the default's archive."""
+    info = loadable(store / file)
+    message = client.register(file)
+    kept = version_archive(store, info.name, info.version)
+    keep_version(info.path, kept)
+    notes = [f"kept as {kept}"]
+    if file != f"{info.name}.mar":
+        info.path.unlink()
+        notes.append(f"removed {file} from the top of the store, where TorchServe would load it at start")
+    default = registered(client, info.name).default
+    try:
+        notes.append(f"{place_archive(store, info.name, default or info.version).path} is the default's "
+                     f"({default}), which a restart serves")
+    except RolloutFailed:
+        notes.append(f"warning: no kept archive of the default {default}: a restart would not serve it")
+    return {"message": message, "model": info.name, "version": info.version, "default": default,
+            "store": notes}
 
 
 def restore_archive(store: Path, model: str, version: str | None, log: RolloutLog) -> None:

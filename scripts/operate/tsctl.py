@@ -4,7 +4,7 @@
     tsctl versions tabular              one model's versions, oldest first, and what rollback picks
     tsctl rollout tabular 2.0           register, wait READY, gate, set default, prune (operate/rollout.py)
     tsctl rollback tabular [--to 1.0]   the previous kept version becomes the default again
-    tsctl register model_store/tabular.mar      register an archive as a non-default version
+    tsctl register model_store/tabular.mar      check an archive, register it as a non-default version
     tsctl scale tabular --version 1.0 --workers 2
     tsctl unregister tabular 1.0
     tsctl gate tabular --version 2.0 --url http://host:8080 [--token-file F]   the golden set only
@@ -42,6 +42,7 @@ from scripts.operate.rollout import (
     Exit,
     RolloutFailed,
     RolloutLog,
+    register_archive,
     registered,
     rollback,
     rollback_target,
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> Any:
             now = registered(client, args.model)
             return {**now.__dict__, "rollback_to": rollback_target(now, log)}
         if args.command == "register":
-            return {"message": client.register(store_file(Path(args.archive), store))}
+            return register_archive(client, store, store_file(Path(args.archive), store))
         if args.command == "scale":
             return {"message": client.scale(args.model, args.version, min_workers=args.workers,
                                             max_workers=args.max_workers)}
@@ -173,6 +174,8 @@ def show(args: argparse.Namespace, result: Any) -> None:
     elif args.command in ("rollout", "rollback"):
         print(f"{args.model}: {result['version']} is the default (was {result['previous']}); "
               f"steps logged in {args.log}")
+    elif args.command == "register":
+        print("\n  ".join([result["message"], *result["store"]]))
     else:
         print(result["message"])
 

@@ -149,6 +149,11 @@ def measure(spec: ModelSpec, args: argparse.Namespace) -> dict[str, Any]:
             load_run(server, spec.name, bodies, workdir, max(args.users), args.step_seconds, skip=0)
             sweep = saturation(server, spec.name, bodies, workdir, args.users, args.step_seconds)
             best = max(sweep, key=lambda level: level["accepted_rps"])
+            rates = [level["accepted_rps"] for level in sweep]
+            saturated = len(rates) < 2 or rates[-1] < 1.1 * rates[-2]
+            if not saturated:
+                print("    warning: throughput still rose 10% or more at the last level: saturation is "
+                      "higher than measured; add --users with more", flush=True)
             target = args.factor * best["accepted_rps"]
             horizon = queue / best["accepted_rps"] + (best["accepted_p99_ms"] or 0) / 1000  # wait + service
             users, user_rate = pacing(target, horizon, args.max_users)
@@ -162,6 +167,7 @@ def measure(spec: ModelSpec, args: argparse.Namespace) -> dict[str, Any]:
         "model": spec.name, "config": {key: config.get(key) for key in (
             "batchSize", "maxBatchDelay", "minWorkers", "maxWorkers", "jobQueueSize")},
         "saturation": sweep, "saturation_rps": best["accepted_rps"], "saturating_users": best["users"],
+        "saturated": saturated,
         "queue_drains_in_s": round(queue / best["accepted_rps"], 3),
         "overload": {"factor": args.factor, "target_rps": round(target, 1), "users": users,
                      "user_rate": user_rate, **asdict(over)},

@@ -85,7 +85,7 @@ def received_requests(samples: list[Sample]) -> float:
     return sum(sample.value for sample in samples if sample.name == RECEIVED)
 
 
-def wait_idle(client: TorchServeClient, quiet: float = 1.0, timeout: float = 60.0, poll: float = 0.1,
+def wait_idle(probe: Callable[[], Load], quiet: float = 1.0, timeout: float = 60.0, poll: float = 0.1,
               clock: Callable[[], float] = time.monotonic,
               sleep: Callable[[float], None] = time.sleep) -> tuple[bool, Load]:
     """Poll until TorchServe has been idle for `quiet` seconds in a row (True), or `timeout` (False).
@@ -93,9 +93,10 @@ def wait_idle(client: TorchServeClient, quiet: float = 1.0, timeout: float = 60.
     `quiet` covers a request taken from the queue but not yet inside a worker's
     handle() (the batch delay, the hop to the worker): keep it above the largest
     maxBatchDelay. A request that arrives meanwhile starts the quiet period again.
+    `probe` is usually `lambda: current_load(client)`.
     """
     deadline = clock() + timeout
-    load = current_load(client)
+    load = probe()
     quiet_since = None if load.busy else clock()
     while True:
         now = clock()
@@ -104,11 +105,23 @@ def wait_idle(client: TorchServeClient, quiet: float = 1.0, timeout: float = 60.
         if now >= deadline:
             return False, load
         sleep(poll)
-        before, load = load, current_load(client)
+        before, load = load, probe()
         if load.busy or load.received != before.received:
             quiet_since = None
         elif quiet_since is None:
             quiet_since = clock()
+
+
+def hold(client: TorchServeClient, server_dir: Path, announce: float = 0.0, quiet: float = 1.0,
+         timeout: float = 60.0) -> dict[str, object]:
+    """`tsctl drain`: readiness false and wait until idle, leaving the server up and not ready
+    (`tsctl drain --undo` makes it ready again; stopping it removes the marker too)."""
+    started = time.monotonic()
+    draining_marker(server_dir).write_text("draining: readiness is false (tsctl drain)\n")
+    time.sleep(announce)
+    idle, left = wait_idle(lambda: current_load(client), quiet=quiet, timeout=timeout)
+    return {"idle": idle, "queued": left.queued, "in_worker": left.in_worker,
+            "waited_s": round(time.monotonic() - started, 1), "marker": str(draining_marker(server_dir))}
 
 
 def drain(client: TorchServeClient, server_dir: Path, stop: Callable[[], object], announce: float = 0.0,
@@ -120,7 +133,7 @@ def drain(client: TorchServeClient, server_dir: Path, stop: Callable[[], object]
     try:
         logger.info("drain: readiness is false (%s); waiting %.1f s for load balancers", marker, announce)
         time.sleep(announce)
-        idle, left = wait_idle(client, quiet=quiet, timeout=timeout)
+        idle, left = wait_idle(lambda: current_load(client), quiet=quiet, timeout=timeout)
         if idle:
             logger.info("drain: idle (nothing queued or in a worker for %.1f s); stopping", quiet)
         else:

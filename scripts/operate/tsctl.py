@@ -8,6 +8,9 @@
     tsctl scale tabular --version 1.0 --workers 2
     tsctl unregister tabular 1.0
     tsctl gate tabular --version 2.0 --url http://host:8080 [--token-file F]   the golden set only
+    tsctl recycle tabular [--if-over]   fresh workers, no request lost (operate/handoff.py)
+    tsctl watch [MODEL ...] [--interval 60]   recycle --if-over in a loop (operate/recycle.py)
+    tsctl drain [--announce S] [--drain-timeout S] [--undo]   readiness false, wait until idle
 
 `gate` needs only an inference API (a canary Service, another machine): it exits 0
 when the version passes, 1 when the gate refuses it (operate/canary.py).
@@ -18,7 +21,7 @@ writes key_file.json into, the directory it was started from: --server-dir (defa
 here). Keys come from TORCHSERVE_MANAGEMENT_KEY and TORCHSERVE_INFERENCE_KEY, else
 from that key_file.json (or --key-file).
 Output is for people; --json prints one JSON document for scripts. Progress goes
-to stderr. Exit codes: 0 done, 1 refused (gate, nothing to roll back to), 2 usage
+to stderr. Exit codes: 0 done, 1 refused (gate, nothing to roll back to, drain not idle), 2 usage
 or config, 3 TorchServe error or unreachable, 4 unauthorized, 5 model API off.
 """
 
@@ -36,7 +39,9 @@ import requests
 
 from scripts.client.rest import KeyFile, ModelApiDisabled, TorchServeClient, TorchServeError, Unauthorized
 from scripts.config.files import ConfigError, read_properties
+from scripts.operate import recycle
 from scripts.operate.canary import TOKEN_FIX, describe, gate_at, inference_keys
+from scripts.operate.drain import draining_marker, hold
 from scripts.operate.policy import read_policy
 from scripts.operate.rollout import (
     Exit,
@@ -111,6 +116,12 @@ def run_gate(args: argparse.Namespace) -> dict[str, Any]:
         return gate_at(args.model, args.version, client, policy, baseline)
 
 
+def run_recycle(args: argparse.Namespace) -> dict[str, Any]:
+    client, store = connect(args)
+    with client:
+        return recycle.run(client, store, args)
+
+
 def run(args: argparse.Namespace) -> Any:
     if args.command == "gate":
         return run_gate(args)
@@ -130,6 +141,11 @@ def run(args: argparse.Namespace) -> Any:
                                             max_workers=args.max_workers)}
         if args.command == "unregister":
             return {"message": client.unregister(args.model, args.version)}
+        if args.command == "drain":
+            if args.undo:
+                draining_marker(args.server_dir).unlink(missing_ok=True)
+                return {"idle": None, "message": "readiness follows the models again (drain undone)"}
+            return hold(client, args.server_dir, args.announce, timeout=args.drain_timeout)
         if args.command == "rollback":
             return rollback(client, store, args.model, log, to=args.to)
         policy = read_policy(args.config or Path(f"configs/models/{args.model}.yaml"))
@@ -176,6 +192,11 @@ def show(args: argparse.Namespace, result: Any) -> None:
               f"steps logged in {args.log}")
     elif args.command == "register":
         print("\n  ".join([result["message"], *result["store"]]))
+    elif args.command == "drain" and result["idle"] is not None:
+        print(f"drained in {result['waited_s']} s: nothing queued or in a worker; readiness stays false "
+              f"({result['marker']}) until the server stops or `tsctl drain --undo`" if result["idle"] else
+              f"not idle after {result['waited_s']} s: {result['queued']} queued, {result['in_worker']} in "
+              "workers; readiness stays false")
     else:
         print(result["message"])
 
@@ -210,6 +231,14 @@ def parser() -> argparse.ArgumentParser:
     gone.add_argument("model")
     gone.add_argument("version")
     add_gate(commands.add_parser("gate", help="the golden-set gate against any inference URL"))
+    recycle.add_commands(commands)
+    drain = commands.add_parser("drain", help="readiness false, then wait until nothing is queued or in a "
+                                "worker; the server stays up (make stop drains and stops)")
+    drain.add_argument("--announce", type=float, default=0.0,
+                       help="seconds to wait for load balancers to see readiness false (default 0)")
+    drain.add_argument("--drain-timeout", type=float, default=60.0,
+                       help="give up after this long (default 60)")
+    drain.add_argument("--undo", action="store_true", help="make the server ready again")
     return top
 
 
@@ -231,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        result = run(args)
+        result = run_recycle(args) if args.command in recycle.COMMANDS else run(args)
         show(args, result)
     except (RolloutFailed, TorchServeError, requests.RequestException, ConfigError, ValueError,
             OSError) as error:
@@ -240,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"error": message, "exit_code": int(code)}))
         logger.error("error: %s", message)
         return int(code)
-    refused = args.command == "gate" and not result["passed"]
+    refused = (args.command == "gate" and not result["passed"]) or (
+        args.command == "drain" and result["idle"] is False)
     return int(Exit.REFUSED if refused else Exit.OK)
 
 

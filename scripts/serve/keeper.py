@@ -111,16 +111,17 @@ Check = Callable[[bool], tuple[bool, str]]  # live? -> (healthy, why)
 class CachedCheck:
     """The health check, at most once a second whoever asks: probes must not load TorchServe."""
 
-    def __init__(self, check: Check, max_age: float = 1.0) -> None:
-        self._check, self._max_age = check, max_age
+    def __init__(self, check: Check, max_age: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._check, self._max_age, self._clock = check, max_age, clock
         self._lock = threading.Lock()
         self._answers: dict[bool, tuple[float, tuple[bool, str]]] = {}
 
     def __call__(self, live: bool) -> tuple[bool, str]:
         with self._lock:
             cached = self._answers.get(live)
-            if cached is None or time.monotonic() - cached[0] > self._max_age:
-                cached = (time.monotonic(), self._check(live))
+            if cached is None or self._clock() - cached[0] > self._max_age:
+                cached = (self._clock(), self._check(live))
                 self._answers[live] = cached
             return cached[1]
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from scripts.operate.drain import draining_marker
+from scripts.serve import health
 from scripts.serve.local import LocalServer
 from tests.conftest import FIGURES, ROOT
 from tests.load import BackgroundLoad
@@ -67,3 +68,26 @@ def test_make_stop_under_load_answers_every_accepted_request(model: str, tmp_pat
         f"{len(accepted_before)} requests accepted before the drain, {len(replies)} in all, "
         f"{len(failed)} failed; make stop took {stopped - drain_began:.1f} s "
         f"(the load went on {LOAD_SECONDS - DRAIN_AFTER} s past the drain's start)")
+
+
+def test_tsctl_drain_turns_readiness_false_and_undo_turns_it_back(tmp_path: Path) -> None:
+    with LocalServer.start(tmp_path / "server", STORE, ["tabular"]) as server:
+        def tsctl(*args: str) -> subprocess.CompletedProcess[str]:
+            config = str(server.workdir / "config.properties")
+            return subprocess.run([sys.executable, "-m", "scripts.operate.tsctl", "--ts-config", config,
+                                   "--server-dir", str(server.workdir), *args],
+                                  capture_output=True, text=True, timeout=120, check=False)
+
+        def ready() -> tuple[bool, str]:
+            return health.check(server.workdir / "config.properties", server.workdir, live=False, timeout=5)
+
+        assert ready()[0]
+        drained = tsctl("drain", "--drain-timeout", "30")
+        assert drained.returncode == 0 and drained.stdout.startswith("drained in"), drained.stderr
+        assert ready() == (False, "not ready: draining (the server finishes what it accepted, then stops)")
+        with server.client() as client:  # still serving: a client that ignores readiness is answered
+            assert client.predict("tabular", Path("build/examples/tabular.json").read_bytes(),
+                                  "application/json").status_code == 200
+        undone = tsctl("drain", "--undo")
+        assert undone.returncode == 0 and "undone" in undone.stdout
+        assert ready()[0]

@@ -13,8 +13,9 @@ So on SIGTERM (or SIGINT) this process:
 1. writes DIR/draining, so `scripts.serve.health` reports not ready (load balancers and
    readiness probes stop sending) while `--live` still passes;
 2. keeps TorchServe serving for --drain-seconds (default: $DRAIN_SECONDS, else 5), so the
-   requests in flight, and any that still arrive meanwhile, are answered; a second
-   signal ends the wait early;
+   requests in flight, and any that still arrive meanwhile, are answered; then waits,
+   at most --idle-timeout (default 30) seconds more, until nothing is queued or in a
+   worker (scripts/operate/drain.py); a second signal ends the wait early;
 3. sends SIGTERM to the Java frontend (the launcher's child) alone; its shutdown hook
    stops listening, closes the connections, unregisters the models (stopping the
    workers) and exits, and the launcher follows;
@@ -22,10 +23,10 @@ So on SIGTERM (or SIGINT) this process:
    see a failure (the launcher itself always exits 0).
 
 What is guaranteed: a request that reached TorchServe before step 3 is answered if it
-finishes within the drain; one still running at step 3 loses its connection. Size
-the drain above your slowest request, and the grace period (`podman stop -t`,
-Kubernetes' terminationGracePeriodSeconds) above the drain plus about 10 s for the
-JVM's own shutdown.
+finishes within the drain and the idle wait; one still running at step 3 loses its
+connection. Size the grace period (`podman stop -t`, Kubernetes'
+terminationGracePeriodSeconds) above the drain plus the idle timeout plus about 10 s
+for the JVM's own shutdown.
 """
 
 from __future__ import annotations
@@ -42,8 +43,12 @@ from pathlib import Path
 from types import FrameType
 
 import psutil
+import requests
 
-from scripts.operate.drain import draining_marker
+from scripts.client.rest import KeyFile, TorchServeClient, TorchServeError
+from scripts.config.files import read_properties
+from scripts.operate.drain import current_load, draining_marker, wait_idle
+from scripts.serve.health import CONFIG_ENV, NO_RETRIES, HealthError, loopback_url, read_target
 
 logger = logging.getLogger(__name__)
 DRAIN_ENV = "DRAIN_SECONDS"
@@ -95,7 +100,39 @@ def drain(launcher: subprocess.Popen[bytes], signals: Signals, seconds: float) -
             return
 
 
-def supervise(command: Sequence[str], server_dir: Path, drain_seconds: float) -> int:
+def wait_until_idle(server_dir: Path, timeout: float) -> None:
+    """After the fixed drain, also wait until nothing is queued or in a worker (at most `timeout`).
+
+    A stand-in or a server that cannot be asked (no properties, refused key) skips this:
+    the fixed drain is then all there is.
+    """
+    try:
+        ts_config = Path(os.environ.get(CONFIG_ENV) or server_dir / "config.properties")
+        with client_for(ts_config, server_dir) as client:
+            idle, left = wait_idle(lambda: current_load(client), timeout=timeout)
+    except (requests.RequestException, TorchServeError, HealthError, OSError, ValueError) as error:
+        logger.info("entrypoint: cannot see TorchServe's load (%s); stopping after the fixed drain",
+                    type(error).__name__)
+        return
+    if idle:
+        logger.info("entrypoint: idle: nothing queued or in a worker")
+    else:
+        logger.warning("entrypoint: still busy after %.0f s more (%d queued, %d in workers); stopping",
+                       timeout, left.queued, left.in_worker)
+
+
+def client_for(ts_config: Path, server_dir: Path) -> TorchServeClient:
+    """A client for the server this container runs, with its management key (no retries: we wait)."""
+    properties = read_properties(ts_config)
+    target = read_target(ts_config, os.environ)
+    metrics = loopback_url(properties.get("metrics_address", "http://127.0.0.1:8082"), ts_config)
+    keys = KeyFile.read(server_dir / "key_file.json") if target.token_auth else KeyFile()
+    return TorchServeClient(management_url=target.management_url, keys=keys, timeout=5,
+                            metrics_url=metrics, retries=NO_RETRIES)
+
+
+def supervise(command: Sequence[str], server_dir: Path, drain_seconds: float,
+              idle_timeout: float = 30.0) -> int:
     signals = Signals()
     signals.install()
     marker = draining_marker(server_dir)
@@ -110,6 +147,8 @@ def supervise(command: Sequence[str], server_dir: Path, drain_seconds: float) ->
     logger.info("entrypoint: signal received; serving for %.1f s more before stopping TorchServe",
                 drain_seconds)
     drain(launcher, signals, drain_seconds)
+    if launcher.poll() is None and not signals.hurry.is_set():
+        wait_until_idle(server_dir, idle_timeout)
     stop_frontend(launcher)
     launcher.wait()  # no timeout: the runtime's grace period is the limit, then SIGKILL
     logger.info("entrypoint: TorchServe stopped")
@@ -136,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"seconds to keep serving after SIGTERM (default: ${DRAIN_ENV}, else 5)")
     parser.add_argument("--server-dir", type=Path, default=Path("."),
                         help="TorchServe's working directory, where the draining marker goes")
+    parser.add_argument("--idle-timeout", type=float, default=30.0,
+                        help="after the drain, wait at most this long for nothing queued or in a worker")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the TorchServe command to run")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -143,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no command: e.g. `-- torchserve --start --foreground --ncs`")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     seconds = args.drain_seconds if args.drain_seconds is not None else drain_default()
-    return supervise(command, args.server_dir, seconds)
+    return supervise(command, args.server_dir, seconds, args.idle_timeout)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,214 @@
+"""Deterministic startup: after a start and a restart the default the operator chose serves, with
+several versions of a model in the store.
+
+Each test runs the real `python -m scripts.serve.server start` (what `make serve` runs)
+in a private working directory (its logs/, key_file.json and keeper), with its own
+TMPDIR (TorchServe's pid file) and free loopback ports, against a private model store.
+Version 2.0 is built with the real archive step, as tests/e2e/test_rollout.py does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from scripts.build import archive
+from scripts.build import store as layout
+from scripts.build.store import check_archive
+from scripts.serve.local import free_port, write_properties
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+TABULAR_YAML = ROOT / "configs/models/tabular.yaml"
+
+
+@dataclass
+class Started:
+    """What one `server start` printed (each line with the seconds since it began) and how it ended."""
+
+    code: int
+    lines: list[tuple[float, str]]
+    seconds: float
+
+    @property
+    def text(self) -> str:
+        return "".join(line for _, line in self.lines)
+
+    def when(self, fragment: str) -> float:
+        return next(at for at, line in self.lines if fragment in line)
+
+
+@dataclass
+class ServeDir:
+    """A private place to run `scripts.serve.server start` and `stop` as `make serve` and `make stop` do."""
+
+    cwd: Path
+    properties: dict[str, str]
+    groups: list[int] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, root: Path, store: Path) -> ServeDir:
+        cwd = root / "serve"
+        (cwd / "tmp").mkdir(parents=True)
+        properties = write_properties(cwd, store, [], {"load_models": "all",
+                                                       "default_workers_per_model": "1"})
+        return cls(cwd, properties)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "TMPDIR": str(self.cwd / "tmp"), "PYTHONPATH": str(ROOT)}
+
+    @property
+    def pid_file(self) -> Path:
+        return self.cwd / "tmp" / ".model_server.pid"
+
+    def server(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "scripts.serve.server", *args, "--ts-config",
+                str(self.cwd / "config.properties")]
+
+    def start(self, *args: str, timeout: float = 420) -> Started:
+        """`server start`, in its own process group (the TorchServe it launches stays in it)."""
+        command = self.server("start", *args) + ["--health-address", f"127.0.0.1:{free_port()}"]
+        began = time.monotonic()
+        process = subprocess.Popen(command, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.groups.append(process.pid)
+        lines = []
+        assert process.stdout is not None
+        for line in process.stdout:  # ends when the start exits (TorchServe's output goes to a file)
+            lines.append((time.monotonic() - began, line))
+            assert time.monotonic() - began < timeout, "".join(text for _, text in lines)
+        code = process.wait(timeout=30)
+        return Started(code, lines, time.monotonic() - began)
+
+    def stop(self, wait: float = 90) -> None:
+        """`server stop` (what `make stop` runs), then wait until the frontend and its workers are gone:
+        `torchserve --stop` returns once it has signalled the frontend."""
+        subprocess.run(self.server("stop"), cwd=self.cwd, env=self.env, timeout=180, check=False,
+                       capture_output=True)
+        deadline = time.monotonic() + wait
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+    def running(self) -> list[int]:
+        """The process groups of this directory's starts that still have a process (TorchServe, workers)."""
+        alive = []
+        for group in self.groups:
+            try:
+                os.killpg(group, 0)
+                alive.append(group)
+            except ProcessLookupError:
+                pass
+        return alive
+
+    def clean_up(self) -> None:
+        """Whatever a failed test left: `make stop`'s path first, then SIGKILL to the groups and keeper."""
+        if self.running():
+            self.stop()
+        for group in self.running():
+            os.killpg(group, signal.SIGKILL)
+        keeper = self.cwd / "logs" / "keeper.pid"
+        if keeper.is_file():
+            try:
+                os.killpg(int(keeper.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+
+    def default_version(self, model: str) -> str:
+        answer = requests.get(f"{self.properties['management_address']}/models/{model}", timeout=30)
+        answer.raise_for_status()
+        return str(answer.json()[0]["modelVersion"])
+
+    def versions(self, model: str) -> list[str]:
+        answer = requests.get(f"{self.properties['management_address']}/models/{model}/all", timeout=30)
+        return sorted(str(entry["modelVersion"]) for entry in answer.json())
+
+    def answering_version(self, model: str) -> str:
+        body = (ROOT / "build/examples/tabular.json").read_bytes()
+        answer = requests.post(f"{self.properties['inference_address']}/predictions/{model}", data=body,
+                               headers={"Content-Type": "application/json"}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        return answer.headers["X-Model-Version"]
+
+
+@pytest.fixture()
+def serve_dir(tmp_path: Path) -> Iterator[ServeDir]:
+    store = tmp_path / "store"
+    (store / layout.VERSIONS).mkdir(parents=True)
+    place = ServeDir.create(tmp_path, store)
+    try:
+        yield place
+    finally:
+        place.clean_up()
+
+
+def with_candidate(tmp_path: Path, store: Path) -> Path:
+    """tabular 1.0 (the chosen default) at the top of `store`, a real 2.0 build under .versions/."""
+    built = tmp_path / "built"
+    text = TABULAR_YAML.read_text().replace('version: "1.0"', 'version: "2.0"')
+    config = tmp_path / "tabular-2.0.yaml"
+    config.write_text(text)
+    assert archive.main([str(config), "--store", str(built)]) == 0
+    candidate = layout.version_archive(store, "tabular", "2.0")
+    shutil.copyfile(layout.version_archive(built, "tabular", "2.0"), candidate)
+    shutil.copyfile(ROOT / "model_store/tabular.mar", store / "tabular.mar")
+    shutil.copyfile(ROOT / "model_store/tabular.mar", layout.version_archive(store, "tabular", "1.0"))
+    assert check_archive(candidate).version == "2.0" and check_archive(store / "tabular.mar").version == "1.0"
+    return candidate
+
+
+def tsctl(place: ServeDir, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "scripts.operate.tsctl", "--ts-config",
+               str(place.cwd / "config.properties"), "--server-dir", str(place.cwd), *args]
+    return subprocess.run(command, cwd=place.cwd, env=place.env, capture_output=True, text=True, timeout=600,
+                          check=False)
+
+
+def test_the_chosen_default_serves_after_a_start_a_registration_and_a_restart(
+        serve_dir: ServeDir, tmp_path: Path) -> None:
+    store = Path(serve_dir.properties["model_store"])
+    with_candidate(tmp_path, store)
+
+    first = serve_dir.start()
+    assert first.code == 0, first.text
+    assert serve_dir.versions("tabular") == ["1.0"]  # the candidate under .versions/ was not loaded
+    assert serve_dir.answering_version("tabular") == "1.0"
+
+    # an operator registers the candidate from the top of the store, as TorchServe requires
+    shutil.copyfile(layout.version_archive(store, "tabular", "2.0"), store / "tabular-2.0.mar")
+    registered = tsctl(serve_dir, "register", str(store / "tabular-2.0.mar"))
+    assert registered.returncode == 0, registered.stderr
+    assert serve_dir.versions("tabular") == ["1.0", "2.0"] and serve_dir.default_version("tabular") == "1.0"
+    # tsctl moved it under .versions/, so only the default's archive is at the top
+    assert layout.startup_archives(store) == [store / "tabular.mar"]
+    assert check_archive(store / "tabular.mar").version == "1.0"
+    assert "removed tabular-2.0.mar from the top of the store" in registered.stdout
+
+    serve_dir.stop()
+    assert not serve_dir.running() and not serve_dir.pid_file.exists()
+    again = serve_dir.start()
+    assert again.code == 0, again.text
+    assert serve_dir.versions("tabular") == ["1.0"] and serve_dir.answering_version("tabular") == "1.0"
+
+
+def test_a_stray_candidate_at_the_top_of_the_store_stops_the_start(serve_dir: ServeDir,
+                                                                   tmp_path: Path) -> None:
+    store = Path(serve_dir.properties["model_store"])
+    shutil.copyfile(with_candidate(tmp_path, store), store / "tabular-2.0.mar")
+
+    refused = serve_dir.start()
+    assert refused.code == 2, refused.text
+    assert "TorchServe was not started" in refused.text
+    assert "tabular-2.0.mar (2.0), tabular.mar (1.0) all hold model 'tabular'" in refused.text
+    assert f"keep candidates in {store}/.versions/" in refused.text
+    assert not serve_dir.pid_file.exists() and not serve_dir.running()  # nothing was started

@@ -48,10 +48,12 @@ import requests
 from scripts.client.rest import KeyFile, TorchServeClient, TorchServeError
 from scripts.config.files import read_properties
 from scripts.operate.drain import current_load, draining_marker, wait_idle
+from scripts.serve import keeper
 from scripts.serve.health import CONFIG_ENV, NO_RETRIES, HealthError, loopback_url, read_target
 
 logger = logging.getLogger(__name__)
 DRAIN_ENV = "DRAIN_SECONDS"
+KEEPER_ADDRESS_ENV = "KEEPER_HEALTH_ADDRESS"  # the image sets 0.0.0.0:8083
 DEFAULT_DRAIN_SECONDS = 5.0
 
 class Signals:
@@ -139,6 +141,31 @@ def supervise(command: Sequence[str], server_dir: Path, drain_seconds: float,
     marker.unlink(missing_ok=True)  # left over from a previous run in the same directory
     # Its own process group: a terminal's Ctrl-C reaches only this process, which decides.
     launcher = subprocess.Popen(list(command), start_new_session=True)
+    companion = start_keeper(server_dir)
+    try:
+        return serve_until_signal(launcher, signals, marker, drain_seconds, idle_timeout, server_dir)
+    finally:
+        if companion is not None:
+            companion.close()
+
+
+def start_keeper(server_dir: Path, environ: Mapping[str, str] = os.environ) -> keeper.Keeper | None:
+    """The keeper's threads in this process: /ready and /live on $KEEPER_HEALTH_ADDRESS, keys renewed.
+
+    Without a readable properties file (a stand-in for TorchServe) there is nothing to keep.
+    """
+    ts_config = Path(environ.get(CONFIG_ENV) or server_dir / "config.properties")
+    address = environ.get(KEEPER_ADDRESS_ENV) or keeper.DEFAULT_HEALTH_ADDRESS
+    try:
+        return keeper.Keeper.start(ts_config, server_dir, address)
+    except (HealthError, OSError) as error:
+        logger.info("entrypoint: no keeper (%s)", error)
+        return None
+
+
+def serve_until_signal(launcher: subprocess.Popen[bytes], signals: Signals, marker: Path,
+                       drain_seconds: float, idle_timeout: float, server_dir: Path) -> int:
+    """Wait for SIGTERM, then drain and stop TorchServe (steps 1-4 of the module docstring)."""
     if not wait_for_signal(launcher, signals):
         logger.error("entrypoint: TorchServe exited by itself (code %s); see its log above",
                      launcher.returncode)

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,6 +48,7 @@ DEFAULT_HEALTH_ADDRESS = "127.0.0.1:8083"
 DEFAULT_LIFETIME_MIN = 60.0  # TorchServe's token_expiration_min default
 RENEWED_TYPES = ("inference", "management")
 PID_FILE = "keeper.pid"
+LIFETIME_ENV = "TS_TOKEN_EXPIRATION_TIME_MIN"
 
 
 # ---- keys ----------------------------------------------------------------------------------
@@ -102,6 +103,15 @@ class KeyRenewer:
                 self.renew_due()
             except (requests.RequestException, OSError, ValueError, KeyError) as error:
                 logger.warning("keeper: could not renew keys (%s); trying again", error)
+
+
+def token_lifetime_min(properties: dict[str, str], environ: Mapping[str, str]) -> float:
+    """token_expiration_min as TorchServe sees it: TS_TOKEN_EXPIRATION_TIME_MIN wins when
+    enable_envvars_config=true (the image)."""
+    value = properties.get("token_expiration_min", str(DEFAULT_LIFETIME_MIN))
+    if properties.get("enable_envvars_config", "false").lower() == "true":
+        value = environ.get(LIFETIME_ENV, value)
+    return float(value)
 
 
 # ---- health over HTTP ------------------------------------------------------------------------
@@ -178,7 +188,7 @@ class Keeper:
         threading.Thread(target=server.serve_forever, name="keeper-health", daemon=True).start()
         renewer = None
         if target.token_auth:
-            minutes = read_properties(ts_config).get("token_expiration_min", DEFAULT_LIFETIME_MIN)
+            minutes = token_lifetime_min(read_properties(ts_config), os.environ)
             lifetime = float(minutes) * 60
             renewer = KeyRenewer(target.management_url, server_dir / "key_file.json", lifetime)
             threading.Thread(target=renewer.run, args=(stop_event,), name="keeper-keys", daemon=True).start()

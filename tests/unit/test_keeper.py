@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from scripts.serve.keeper import CachedCheck, KeyRenewer, due, health_handler, parse_address, parse_instant
+from scripts.serve.keeper import (
+    CachedCheck,
+    KeyRenewer,
+    due,
+    health_handler,
+    parse_address,
+    parse_instant,
+    token_lifetime_min,
+)
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
 Health = tuple[str, list[tuple[bool, str]]]  # the URL, and the answers the check gives (last one wins)
@@ -77,3 +85,10 @@ def test_ready_and_live_answer_200_or_503_with_the_reason(health_url: Health) ->
 def test_a_bad_health_address_says_the_fix(text: str) -> None:
     with pytest.raises(SystemExit, match="fix: e.g. 127.0.0.1:8083"):
         parse_address(text)
+
+
+def test_the_key_lifetime_is_the_one_torchserve_uses() -> None:
+    assert token_lifetime_min({}, {}) == 60
+    assert token_lifetime_min({"token_expiration_min": "5"}, {"TS_TOKEN_EXPIRATION_TIME_MIN": "9"}) == 5
+    envvars = {"token_expiration_min": "5", "enable_envvars_config": "true"}
+    assert token_lifetime_min(envvars, {"TS_TOKEN_EXPIRATION_TIME_MIN": "9"}) == 9

@@ -36,7 +36,7 @@ from scripts.build.store import ArchiveError, check_startup, startup_archives
 from scripts.client.rest import KeyFile, TorchServeClient, TorchServeError, ready_workers
 from scripts.config.files import read_properties
 from scripts.config.model import CONFIG_DIR, ConfigError, Example, load_spec
-from scripts.operate.drain import drain
+from scripts.operate.drain import drain, draining_marker
 from scripts.serve import keeper
 from scripts.serve.startup import CannotLoad, LoadWatch
 
@@ -120,6 +120,7 @@ def start(ts_config: Path, timeout: float, health_address: str = keeper.DEFAULT_
         logger.error("error: TorchServe was not started:\n%s", error)
         return 2
     models = sorted({info.name for info in archives})
+    draining_marker(Path(".")).unlink(missing_ok=True)  # a drain that was cut short must not outlive it
     if not models:
         logger.error("error: %s loads no archive from %s (load_models=%s); run `make archive` first",
                      ts_config, store, properties.get("load_models", ""))

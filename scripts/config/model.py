@@ -12,6 +12,8 @@
       golden: configs/golden/tabular.jsonl
       min_accuracy: 0.95
       p95_ms: 250
+    recycle:                       # when `tsctl recycle --if-over` replaces the workers
+      max_rss_mb: 1500             # (scripts/operate/recycle.py); optional
     model_config:                  # written as the archive's TorchServe model-config
       batchSize: 8
       maxBatchDelay: 20
@@ -44,13 +46,14 @@ from handlers.base import ModelHandler
 from handlers.options import OptionsError, parse_options
 from scripts.config.files import ConfigError
 from scripts.operate.policy import RolloutPolicy, parse_policy
+from scripts.operate.recycle import RecyclePolicy, parse_recycle
 
 CONFIG_DIR = Path("configs/models")  # one YAML per model, relative to the repository root
 METRICS_CONFIG = Path("configs/metrics.yaml")  # the metrics the servers export (metrics_config=)
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 VERSION_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
-TOP_LEVEL_KEYS = {"name", "version", "handler", "files", "example", "model_config", "rollout"}
+TOP_LEVEL_KEYS = {"name", "version", "handler", "files", "example", "model_config", "rollout", "recycle"}
 REQUIRED_KEYS = ("name", "version", "handler", "files", "model_config")
 # TorchServe model-config keys we check the type of (positive integers unless noted).
 COUNT_KEYS = {"batchSize": 1, "maxBatchDelay": 0, "minWorkers": 1, "maxWorkers": 1,
@@ -85,6 +88,7 @@ class ModelSpec:
     model_config: Mapping[str, Any]
     example: Example | None
     rollout: RolloutPolicy | None = None
+    recycle: RecyclePolicy | None = None  # when tsctl replaces its workers
 
 
 def load_spec(path: Path, root: Path = Path(".")) -> ModelSpec:
@@ -103,7 +107,8 @@ def load_spec(path: Path, root: Path = Path(".")) -> ModelSpec:
     model_config = _model_config(path, raw["model_config"], handler, files)
     example = _example(path, raw.get("example"))
     rollout = parse_policy(path, raw.get("rollout"), root)
-    return ModelSpec(path, name, version, handler, files, model_config, example, rollout)
+    recycle = parse_recycle(path, raw.get("recycle"))
+    return ModelSpec(path, name, version, handler, files, model_config, example, rollout, recycle)
 
 
 def handler_class(handler: Path) -> type[ModelHandler]:

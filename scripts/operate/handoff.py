@@ -1,0 +1,194 @@
+"""Replace every worker of a model's default version without failing a request.
+
+TorchServe 0.12 cannot retire one chosen worker safely (checked against its source
+and a live server):
+- scale-down removes the NEWEST workers (WorkLoadManager.modelChanged), so "scale up,
+  then down" retires the fresh worker and keeps the bloated one;
+- a worker removed while it holds a batch may fail it (500 "Worker died.": the
+  worker thread's own cleanup races the re-queue in WorkerThread.shutdown);
+- a worker process that exits by itself is restarted in place, but its frontend
+  thread may already have taken the next batch from the queue: that batch fails,
+  or, while it is still being gathered, is dropped without an answer.
+A worker is safe to remove only while it holds nothing, and under load that happens
+only once no new work can reach it. Requests reach a worker through its version's
+queue, and set-default moves new requests to another version while queued ones
+finish where they are. So the handoff is:
+
+    1. copy the default version V's archive as a stand-in version "V-recycle"
+       (the same files, only the manifest's version differs), register it with V's
+       worker count, wait READY (READY means warm)
+    2. set-default V-recycle: new requests go to it; V finishes what it holds
+    3. wait until V is idle (`wait_version_idle`), scale V to 0 (nothing is lost:
+       its workers hold nothing) and back to its worker count: fresh processes
+    4. set-default V, wait until the stand-in is idle, unregister it, delete its copy
+
+It needs the model API (register/unregister) and twice V's memory for a while.
+Requests to /predictions/MODEL/V itself (not the default route) get 503 while V has
+no worker (step 3, one worker start); during steps 2-4 answers say X-Model-Version:
+V-recycle. If a run stops half-way, running it again finishes the handoff.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from scripts.build.store import read_archive, version_archive
+from scripts.client.rest import TorchServeClient, TorchServeError
+from scripts.operate.rollout import Exit, RolloutFailed, RolloutLog, registered, wait_ready
+
+STAND_IN = "-recycle"  # suffix of the stand-in version; its archive is hidden (load_models skips it)
+IN_FLIGHT = "InFlightRequests"  # our handlers' gauge: requests of the batch a worker is answering
+ANSWERED = "HandlerResponses_total"  # our handlers' counter of answered requests
+
+
+@dataclass(frozen=True)
+class VersionLoad:
+    """What one version holds at one instant."""
+
+    queued: int       # requests in its job queue (describe: jobQueueStatus.pendingRequests)
+    in_worker: int    # requests of batches its workers are answering (our InFlightRequests gauge)
+    answered: float   # requests its handlers have answered since the server started
+
+    def same_idle(self, before: VersionLoad) -> bool:
+        return self.queued == 0 and self.in_worker == 0 and self.answered == before.answered
+
+
+def version_load(client: TorchServeClient, model: str, version: str) -> VersionLoad:
+    (entry,) = client.describe(model, version)
+    pids = {str(worker.get("pid")) for worker in entry.get("workers", [])}
+    samples = client.metrics((IN_FLIGHT, ANSWERED))
+    in_worker = sum(s.value for s in samples if s.name == IN_FLIGHT and s.labels.get("WorkerPid") in pids)
+    answered = sum(s.value for s in samples if s.name == ANSWERED and s.labels.get("ModelName") == model
+                   and s.labels.get("ModelVersion") == version)
+    return VersionLoad(int(entry.get("jobQueueStatus", {}).get("pendingRequests", 0)), int(in_worker),
+                       answered)
+
+
+def wait_version_idle(client: TorchServeClient, model: str, version: str, quiet: float,
+                      timeout: float, poll: float = 0.1) -> VersionLoad:
+    """Return once `version` has been idle for `quiet` seconds in a row; RolloutFailed after `timeout`.
+
+    Idle: nothing queued, no batch in a worker, and no request answered meanwhile.
+    `quiet` must exceed maxBatchDelay: it covers requests the frontend took from the
+    queue but has not yet handed to the worker.
+    """
+    deadline = time.monotonic() + timeout
+    load = version_load(client, model, version)
+    quiet_since: float | None = None
+    while True:
+        time.sleep(poll)
+        before, load = load, version_load(client, model, version)
+        now = time.monotonic()
+        quiet_since = (quiet_since or now) if load.same_idle(before) else None
+        if quiet_since is not None and now - quiet_since >= quiet:
+            return load
+        if now > deadline:
+            raise RolloutFailed(Exit.SERVER, f"{model} {version} was still busy after {timeout:.0f}s "
+                                f"({load.queued} queued, {load.in_worker} in a worker)")
+
+
+def stand_in_archive(store: Path, model: str, version: str, model_url: str) -> Path:
+    """A copy of VERSION's archive whose manifest says VERSION-recycle, hidden at the top of the
+    store (TorchServe registers only file names of its store, and load_models=all skips hidden ones)."""
+    source = next((path for path in (store / model_url, version_archive(store, model, version))
+                   if path.is_file() and _holds(path, model, version)), None)
+    if source is None:
+        raise RolloutFailed(Exit.USAGE, f"no archive of {model} {version} in {store} (tried {model_url} and "
+                            f"{version_archive(store, model, version).relative_to(store)}): rebuild it "
+                            "with `make archive`")
+    target = store / f".{model}-{version}{STAND_IN}.mar"
+    staged = target.with_name(target.name + ".new")
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(staged, "w", zipfile.ZIP_STORED) as copy:
+        for member in original.infolist():
+            data = original.read(member)
+            if member.filename == "MAR-INF/MANIFEST.json":
+                manifest = json.loads(data)
+                manifest["model"]["modelVersion"] = version + STAND_IN
+                data = json.dumps(manifest, indent=2).encode()
+            copy.writestr(member.filename, data)  # stored: a copy of minilm in a second, not a minute
+    staged.replace(target)
+    return target
+
+
+def _holds(path: Path, model: str, version: str) -> bool:
+    try:
+        info = read_archive(path)
+    except ValueError:
+        return False
+    return (info.name, info.version) == (model, version)
+
+
+def recycle(client: TorchServeClient, store: Path, model: str, log: RolloutLog,
+            timeout: float = 300.0) -> dict[str, Any]:
+    """Replace the default version's workers by fresh processes (steps 1-4 above)."""
+    started = time.monotonic()
+    now = registered(client, model)
+    if now.default is None:
+        raise RolloutFailed(Exit.USAGE, f"{model} has no default version to recycle")
+    version = now.default.removesuffix(STAND_IN)  # a run that stopped half-way left the stand-in default
+    entry = now.versions[version]
+    stand_in = version + STAND_IN
+    workers = max(int(entry["minWorkers"]), len(entry["workers"]), 1)
+    quiet = max(1.0, 5 * int(entry.get("maxBatchDelay", 100)) / 1000)
+    old_pids = _pids(client, model, version)
+    if now.default == version:
+        archive = _start_stand_in(client, store, model, version, entry, workers, log, timeout)
+    else:
+        archive = store / f".{model}-{version}{STAND_IN}.mar"
+        log.step("recycle", version=version, phase="resume", message=f"{stand_in} is the default already")
+    wait_version_idle(client, model, version, quiet, timeout)
+    log.step("recycle", version=version, phase="idle", workers=old_pids)
+    log.step("recycle", version=version, phase="stop", message=client.scale(model, version, min_workers=0))
+    log.step("recycle", version=version, phase="start", message=client.scale(
+        model, version, min_workers=workers, max_workers=max(int(entry["maxWorkers"]), workers)))
+    wait_ready(client, model, version, workers, timeout)
+    log.step("recycle", version=version, phase="default", message=client.set_default(model, version))
+    wait_version_idle(client, model, stand_in, quiet, timeout)
+    log.step("recycle", version=stand_in, phase="unregister", message=client.unregister(model, stand_in))
+    archive.unlink(missing_ok=True)
+    new_pids = _pids(client, model, version)
+    seconds = round(time.monotonic() - started, 1)
+    log.step("recycle", version=version, phase="done", workers=new_pids, seconds=seconds)
+    return {"model": model, "version": version, "old_pids": old_pids, "new_pids": new_pids,
+            "seconds": seconds, "message": f"{model} {version}: workers {old_pids} replaced by {new_pids} "
+            f"in {seconds:.1f}s, no request dropped (stand-in {stand_in} served meanwhile)"}
+
+
+def _start_stand_in(client: TorchServeClient, store: Path, model: str, version: str,
+                    entry: dict[str, Any], workers: int, log: RolloutLog, timeout: float) -> Path:
+    """Steps 1-2; undone (stand-in unregistered, copy deleted) if they fail, so V keeps serving."""
+    stand_in = version + STAND_IN
+    archive = stand_in_archive(store, model, version, str(entry.get("modelUrl", f"{model}.mar")))
+    try:
+        log.step("recycle", version=stand_in, phase="register",
+                 message=client.register(archive.name, initial_workers=workers))
+        wait_ready(client, model, stand_in, workers, timeout)
+        log.step("recycle", version=stand_in, phase="default", message=client.set_default(model, stand_in))
+    except BaseException:
+        _withdraw(client, model, stand_in, log)
+        archive.unlink(missing_ok=True)
+        raise
+    return archive
+
+
+def _withdraw(client: TorchServeClient, model: str, stand_in: str, log: RolloutLog) -> None:
+    """Unregister a stand-in that never became the default (it served no request)."""
+    try:
+        now = registered(client, model)
+        if stand_in in now.versions and now.default != stand_in:
+            log.step("recycle", version=stand_in, phase="withdraw",
+                     message=client.unregister(model, stand_in))
+    except (TorchServeError, requests.RequestException) as error:
+        log.step("recycle", version=stand_in, phase="withdraw", warning=f"could not unregister it: {error}")
+
+
+def _pids(client: TorchServeClient, model: str, version: str) -> list[int]:
+    (entry,) = client.describe(model, version)
+    return sorted(int(worker["pid"]) for worker in entry.get("workers", []))

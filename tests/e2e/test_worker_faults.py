@@ -1,0 +1,165 @@
+"""Worker faults against a real TorchServe under locust load, with token authorization on.
+
+- SIGKILL of the worker: only its batch in flight fails, with TorchServe's own 507
+  "Worker died." (a body our handlers never write), and a new worker answers soon.
+- `tsctl recycle --if-over` with a limit the worker is over: the workers are replaced
+  through a stand-in version (scripts/operate/handoff.py) and no request fails.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from handlers.errors import OutOfResources
+from scripts.build.store import read_archive
+from scripts.serve.local import LocalServer
+from tests.conftest import FIGURES
+from tests.load import BackgroundLoad, Reply
+
+pytestmark = pytest.mark.e2e
+BATCH_SIZE = 16  # tabular's batchSize: the most requests one batch in flight holds
+WORKER_DIED = {"code": 507, "type": "InternalServerException", "message": "Worker died."}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """tabular from a private store (a recycle writes its stand-in there), tokens on, model API on."""
+    root = tmp_path_factory.mktemp("faults")
+    (root / "store").mkdir()
+    shutil.copyfile("model_store/tabular.mar", root / "store" / "tabular.mar")
+    extra = {"disable_token_authorization": "false", "enable_model_api": "true"}
+    with LocalServer.start(root / "server", root / "store", ["tabular"], extra=extra) as instance:
+        yield instance
+
+
+def management(server: LocalServer, path: str) -> list[dict[str, object]]:
+    key = json.loads(server.key_file.read_text())["management"]["key"]
+    response = requests.get(f"{server.management_url}{path}", timeout=10,
+                            headers={"Authorization": f"Bearer {key}"})
+    response.raise_for_status()
+    return list(response.json())
+
+
+def worker_pids(server: LocalServer, ready: bool = True) -> list[int]:
+    """The pids of the default version's workers (READY ones only, unless ready=False)."""
+    (entry,) = management(server, "/models/tabular")
+    return [int(w["pid"]) for w in entry["workers"] if w["status"] == "READY" or not ready]  # type: ignore
+
+
+def under_load(server: LocalServer, workdir: Path, seconds: float) -> BackgroundLoad:
+    token = json.loads(server.key_file.read_text())["inference"]["key"]
+    return BackgroundLoad.start(server.inference_url, "tabular", workdir, seconds, token=token)
+
+
+def failure_bodies(workdir: Path) -> list[str]:
+    """What locust recorded of the failed responses (status and body) in its failures CSV."""
+    texts = []
+    for path in workdir.glob("locust-*_failures.csv"):
+        with path.open() as stream:
+            texts.extend(row["Error"] for row in csv.DictReader(stream))
+    return texts
+
+
+def test_a_killed_worker_fails_only_its_batch_with_torchserves_507(server: LocalServer,
+                                                                    tmp_path: Path) -> None:
+    (victim,) = worker_pids(server)
+    with under_load(server, tmp_path, seconds=20) as load:
+        time.sleep(3)
+        killed_at = time.time()
+        os.kill(victim, signal.SIGKILL)
+        while not [pid for pid in worker_pids(server) if pid != victim]:
+            assert time.time() - killed_at < 90, "no new READY worker within 90 s of the SIGKILL"
+            time.sleep(0.1)
+        ready_after = time.time() - killed_at
+    replies = load.replies()
+    failed = [reply for reply in replies if reply.status != 200]
+    assert 1 <= len(failed) <= BATCH_SIZE, f"{len(failed)} failed of {len(replies)}"
+    assert {reply.status for reply in failed} == {507}
+    assert {reply.version for reply in failed} == {"-"}, "the frontend's 507 carries no X-Model-Version"
+    assert {reply.version for reply in replies if reply.status == 200} == {"1.0"}
+    (body,) = set(failure_bodies(tmp_path))
+    for key, value in WORKER_DIED.items():
+        assert f'"{key}": {json.dumps(value)}' in body, body
+    ours = OutOfResources("the device ran out of memory for this batch; retry with fewer instances").body()
+    assert ours["code"] == 507 and "message" not in ours and "error" in ours  # the rule clients apply
+    answered = min(reply.answered for reply in replies if reply.status == 200 and reply.sent > killed_at)
+    FIGURES["worker SIGKILL under load"] = (
+        f"{len(failed)} of {len(replies)} requests failed (507); new worker READY after {ready_after:.1f} s, "
+        f"first answer after {answered - killed_at:.1f} s")
+
+
+def watch_ready(server: LocalServer, stop: threading.Event, seen: list[int | Exception]) -> None:
+    """Until `stop`: how many READY workers the default version has, every 0.2 s."""
+    while not stop.is_set():
+        try:
+            seen.append(len(worker_pids(server)))
+        except requests.RequestException as error:
+            seen.append(error)
+        time.sleep(0.2)
+
+
+def recycle(server: LocalServer, config: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "scripts.operate.tsctl", "--json",
+               "--ts-config", str(server.workdir / "config.properties"), "--server-dir", str(server.workdir),
+               "--log", str(server.workdir / "rollout.jsonl"), "recycle", "tabular", "--if-over",
+               "--config", str(config)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=400, check=False)
+
+
+def policy(tmp_path: Path, max_rss_mb: float) -> Path:
+    config = yaml.safe_load(Path("configs/models/tabular.yaml").read_text())
+    config["recycle"] = {"max_rss_mb": max_rss_mb}
+    path = tmp_path / f"tabular-{max_rss_mb:g}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_recycling_under_load_replaces_the_worker_and_fails_nothing(server: LocalServer,
+                                                                    tmp_path: Path) -> None:
+    (before,) = worker_pids(server)
+    under = recycle(server, policy(tmp_path, 100_000))
+    assert under.returncode == 0, under.stderr
+    assert json.loads(under.stdout)["recycled"] is False and worker_pids(server) == [before]
+
+    ready_counts: list[int | Exception] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_ready, args=(server, stop, ready_counts))
+    with under_load(server, tmp_path, seconds=50) as load:
+        watcher.start()
+        started = time.time()
+        done = recycle(server, policy(tmp_path, 1))
+        finished = time.time()
+        stop.set()
+        watcher.join()
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    replies: list[Reply] = load.replies()
+    failed = [reply for reply in replies if reply.status != 200]
+    assert failed == [], f"{len(failed)} of {len(replies)} failed: {failure_bodies(tmp_path)[:3]}"
+    during = [reply for reply in replies if started <= reply.sent <= finished]
+    assert len(during) > 50 and max(reply.sent for reply in replies) > finished, "not under load"
+    assert result["recycled"] and "max_rss_mb 1" in result["reasons"][0]
+    assert result["old_pids"] == [before] and worker_pids(server) == result["new_pids"] != [before]
+    assert ready_counts and all(isinstance(n, int) and n >= 1 for n in ready_counts), ready_counts
+    assert {reply.version for reply in during} <= {"1.0", "1.0-recycle"}
+    assert [entry["modelVersion"] for entry in management(server, "/models/tabular/all")] == ["1.0"]
+    store = Path(server.properties["model_store"])
+    assert sorted(path.name for path in store.iterdir()) == ["tabular.mar"]
+    assert read_archive(store / "tabular.mar").version == "1.0"
+    FIGURES["worker recycle under load"] = (
+        f"0 of {len(during)} requests failed during it; {result['seconds']} s; pid {before} -> "
+        f"{result['new_pids']}")

@@ -1,0 +1,201 @@
+"""Worker recycling: the YAML policy, the decision, the stand-in archive and the idle test.
+
+The replacement itself (register a stand-in, switch, replace, switch back) runs
+against a real TorchServe under load in tests/e2e/test_worker_faults.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from scripts.build.store import read_archive
+from scripts.client.prometheus import Sample
+from scripts.config.files import ConfigError
+from scripts.config.model import load_spec
+from scripts.operate import handoff, recycle
+from scripts.operate.recycle import RecyclePolicy, WorkerSample, over_limits, parse_recycle
+from scripts.operate.rollout import Exit, RolloutFailed, RolloutLog
+from scripts.operate.tsctl import main as tsctl
+
+TABULAR = Path("configs/models/tabular.yaml")
+
+
+def with_section(tmp_path: Path, section: object) -> Path:
+    config = yaml.safe_load(TABULAR.read_text())
+    config["recycle"] = section
+    path = tmp_path / "tabular.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_the_model_yaml_carries_a_recycle_policy(tmp_path: Path) -> None:
+    spec = load_spec(with_section(tmp_path, {"max_rss_mb": 900, "max_age_minutes": 720}))
+    assert spec.recycle == RecyclePolicy(max_rss_mb=900.0, max_age_minutes=720.0)
+    assert load_spec(TABULAR).recycle == recycle.read_recycle_policy(TABULAR)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "fix"),
+    [
+        ({"max_rss": 900}, "recycle.max_rss", "max_rss_mb"),
+        ({"max_rss_mb": 0}, "recycle.max_rss_mb", "max_rss_mb: 1500"),
+        ({"max_rss_mb": "1 GB"}, "recycle.max_rss_mb", "max_rss_mb: 1500"),
+        ({"max_age_minutes": True}, "recycle.max_age_minutes", "max_age_minutes: 1440"),
+        ({}, "recycle", "recycle: {max_rss_mb: 1500}"),
+        ([900], "recycle", "recycle: {max_rss_mb: 1500}"),
+    ],
+)
+def test_a_bad_recycle_section_names_file_key_and_fix(tmp_path: Path, section: object, key: str,
+                                                      fix: str) -> None:
+    path = with_section(tmp_path, section)
+    with pytest.raises(ConfigError) as caught:
+        load_spec(path)
+    assert caught.value.key == key
+    assert str(path) in str(caught.value) and fix in str(caught.value)
+
+
+def test_no_section_means_no_policy(tmp_path: Path) -> None:
+    assert parse_recycle(tmp_path / "m.yaml", None) is None
+
+
+def worker(rss: float | None, age: float | None = 5.0) -> WorkerSample:
+    return WorkerSample("9000", 4242, rss, age)
+
+
+def test_a_worker_over_a_limit_is_a_reason_to_recycle_and_says_which() -> None:
+    policy = RecyclePolicy(max_rss_mb=1000, max_age_minutes=60)
+    reasons = over_limits(policy, [worker(400), worker(1200, 90)])
+    assert len(reasons) == 2
+    assert "1200 MiB > max_rss_mb 1000" in reasons[0] and "pid 4242" in reasons[0]
+    assert "90 min old > max_age_minutes 60" in reasons[1]
+
+
+def test_workers_within_the_limits_or_unmeasured_give_no_reason() -> None:
+    policy = RecyclePolicy(max_rss_mb=1000)
+    assert over_limits(policy, [worker(999), worker(1000)]) == []
+    assert over_limits(policy, [worker(None)]) == []
+    assert recycle.unmeasured(policy, [worker(None), worker(10)]) == ["worker 9000 (pid 4242)"]
+    assert over_limits(RecyclePolicy(max_age_minutes=60), [worker(10**6)]) == []  # only what it sets
+
+
+def test_a_local_worker_is_measured_from_its_process() -> None:
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "model_service_worker"],
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while recycle.process_memory(stand_in.pid) is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the child has exec'ed Python with that command line
+        (sample,) = recycle.sample_workers({"workers": [{"id": "1", "pid": stand_in.pid, "memoryUsage": 0}]})
+    finally:
+        os.killpg(stand_in.pid, signal.SIGKILL)
+        stand_in.wait()
+    assert sample.rss_mb is not None and 1 < sample.rss_mb < 1000
+    assert sample.age_minutes is not None and 0 <= sample.age_minutes < 1
+
+
+def test_a_pid_that_is_no_worker_here_falls_back_to_describe() -> None:
+    described = {"id": "1", "pid": os.getpid(), "memoryUsage": 300 * 1024 * 1024,
+                 "startTime": "2026-01-01T00:00:00.000Z"}
+    (sample,) = recycle.sample_workers({"workers": [described]}, now=1767225600.0 + 120)
+    assert sample.rss_mb == 300 and sample.age_minutes == 2
+    (unknown,) = recycle.sample_workers({"workers": [{**described, "memoryUsage": 0, "startTime": "?"}]})
+    assert unknown.rss_mb is None and unknown.age_minutes is None
+
+
+class Described:
+    """The management API as check_and_recycle reads it (describe only)."""
+
+    def __init__(self, rss_mb: float) -> None:
+        self.entry = {"modelVersion": "1.0", "workers": [
+            {"id": "9000", "pid": os.getpid(), "memoryUsage": int(rss_mb * 1024 * 1024)}]}
+
+    def describe(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
+        return [self.entry]
+
+
+@pytest.mark.parametrize(("rss_mb", "recycled"), [(1500, True), (500, False)])
+def test_recycle_if_over_replaces_only_when_a_worker_is_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rss_mb: float, recycled: bool) -> None:
+    calls: list[str] = []
+
+    def replaced(client: object, store: Path, model: str, log: RolloutLog, timeout: float) -> dict[str, Any]:
+        calls.append(model)
+        return {"message": "replaced"}
+
+    monkeypatch.setattr(recycle, "recycle", replaced)
+    log = RolloutLog(tmp_path / "log.jsonl", "tabular")
+    result = recycle.check_and_recycle(Described(rss_mb), tmp_path, "tabular",  # type: ignore[arg-type]
+                                       RecyclePolicy(max_rss_mb=1000), log, 1)
+    assert result["recycled"] is recycled and calls == (["tabular"] if recycled else [])
+    assert ("1500 MiB > max_rss_mb 1000" in result["message"]) is recycled
+
+
+def test_if_over_without_a_policy_is_a_usage_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "store").mkdir()
+    properties = tmp_path / "config.properties"
+    properties.write_text("model_store=store\n")
+    code = tsctl(["--ts-config", str(properties), "--server-dir", str(tmp_path), "recycle", "tabular",
+                  "--if-over", "--config", str(with_section(tmp_path, None))])
+    assert code == Exit.USAGE
+    assert "key 'recycle': missing" in caplog.text and "drop --if-over" in caplog.text
+
+
+def test_the_stand_in_is_the_same_archive_under_another_version(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "tabular.mar").write_bytes(Path("model_store/tabular.mar").read_bytes())
+    copy = handoff.stand_in_archive(store, "tabular", "1.0", "tabular.mar")
+    assert copy.name.startswith(".") and copy.parent == store  # hidden: load_models=all skips it
+    assert read_archive(copy).version == "1.0-recycle" and read_archive(copy).name == "tabular"
+    with zipfile.ZipFile(store / "tabular.mar") as original, zipfile.ZipFile(copy) as stand_in:
+        assert original.namelist() == stand_in.namelist()
+        for name in original.namelist():
+            if name != "MAR-INF/MANIFEST.json":
+                assert original.read(name) == stand_in.read(name)
+        manifest = json.loads(stand_in.read("MAR-INF/MANIFEST.json"))
+        assert {**manifest["model"], "modelVersion": "1.0"} == json.loads(
+            original.read("MAR-INF/MANIFEST.json"))["model"]
+
+
+def test_no_archive_of_the_version_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "tabular.mar").write_bytes(Path("model_store/tabular.mar").read_bytes())
+    with pytest.raises(RolloutFailed) as caught:
+        handoff.stand_in_archive(tmp_path, "tabular", "2.0", "tabular.mar")
+    assert caught.value.code == Exit.USAGE and "make archive" in str(caught.value)
+
+
+class Loaded:
+    """describe and metrics as TorchServe answers them, for version_load."""
+
+    def describe(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
+        return [{"workers": [{"pid": 11}], "jobQueueStatus": {"pendingRequests": 3}}]
+
+    def metrics(self, names: tuple[str, ...] = ()) -> list[Sample]:
+        return [Sample("InFlightRequests", {"WorkerPid": "11"}, 8.0),
+                Sample("InFlightRequests", {"WorkerPid": "10"}, 16.0),  # a killed worker's last value
+                Sample(handoff.ANSWERED, {"ModelName": "tabular", "ModelVersion": "1.0"}, 40.0),
+                Sample(handoff.ANSWERED, {"ModelName": "tabular", "ModelVersion": "1.0-recycle"}, 7.0)]
+
+
+def test_a_versions_load_counts_only_its_queue_its_live_workers_and_its_answers() -> None:
+    load = handoff.version_load(Loaded(), "tabular", "1.0")  # type: ignore[arg-type]
+    assert load == handoff.VersionLoad(queued=3, in_worker=8, answered=40.0)
+
+
+def test_idle_means_nothing_queued_nothing_in_a_worker_and_nothing_answered_since() -> None:
+    idle = handoff.VersionLoad(0, 0, 40.0)
+    assert idle.same_idle(idle)
+    assert not handoff.VersionLoad(0, 0, 41.0).same_idle(idle)  # a batch finished meanwhile
+    assert not handoff.VersionLoad(1, 0, 40.0).same_idle(idle)
+    assert not handoff.VersionLoad(0, 4, 40.0).same_idle(idle)

@@ -45,10 +45,13 @@ def mapped_safetensors(path: Path) -> dict[str, torch.Tensor]:
     The format: 8 bytes little-endian header length, a JSON header giving each
     tensor's dtype, shape and byte range after the header, then the bytes.
     """
-    with path.open("rb") as stream:
-        (header_length,) = struct.unpack("<Q", stream.read(8))
-        header = json.loads(stream.read(header_length))
     size = path.stat().st_size
+    with path.open("rb") as stream:
+        (header_length,) = struct.unpack("<Q", stream.read(8).ljust(8, b"\xff"))
+        if header_length > size - 8:  # checked first: a damaged length would otherwise ask for TBs
+            raise ValueError(f"weights file {path} is damaged: its header claims {header_length} bytes, "
+                             f"the file has {size}; rebuild the archive (`make archive`)")
+        header = json.loads(stream.read(header_length))
     storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
     data = torch.tensor([], dtype=torch.uint8).set_(storage)
     start = 8 + header_length
@@ -57,6 +60,9 @@ def mapped_safetensors(path: Path) -> dict[str, torch.Tensor]:
         if name == "__metadata__":
             continue
         begin, end = entry["data_offsets"]
+        if start + end > size:
+            raise ValueError(f"weights file {path} is damaged: tensor {name} ends past the end of the file; "
+                             "rebuild the archive (`make archive`)")
         raw = data[start + begin:start + end]
         tensors[name] = raw.view(_DTYPES[entry["dtype"]]).reshape(entry["shape"])
     return tensors

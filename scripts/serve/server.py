@@ -241,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                              help="seconds to keep serving after readiness turns false (default 0)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # "Retrying..." while TorchServe comes up
     if args.command == "start":
         watch = LoadWatch(grace=args.ready_grace, model_log=LOG_DIR / "model_log.log")
         return start(args.ts_config, args.timeout, args.health_address, watch)

@@ -1,7 +1,9 @@
-"""Rollout and rollback against a real TorchServe with token authorization on, under live load.
+"""Rollout and rollback against a real TorchServe under configs/production.properties, under live load.
 
-Each test gets its own server and a private copy of the model store (a rollout
-rewrites model_store/NAME.mar), builds the new version with the real archive step,
+The server runs with the production file's own values (tests/e2e/shipped.py): token
+authorization on, the model API on, allowed_urls locked to the store; only its ports,
+store and paths are its own. Each test gets its own server and a private copy of the
+model store (a rollout rewrites model_store/NAME.mar), builds the new version with the real archive step,
 and drives the real CLI (`python -m scripts.operate.tsctl`) while locust keeps
 /predictions/tabular busy and records which version answered every request.
 """
@@ -23,11 +25,14 @@ from scripts.build import archive
 from scripts.build import store as layout
 from scripts.build.store import read_archive
 from scripts.serve.local import LocalServer
+from tests.conftest import FIGURES
+from tests.e2e.shipped import PRODUCTION as PRODUCTION_FILE
+from tests.e2e.shipped import shipped_properties
 from tests.load import BackgroundLoad
 
 pytestmark = pytest.mark.e2e
 TABULAR_YAML = Path("configs/models/tabular.yaml")
-PRODUCTION = {"disable_token_authorization": "false"}  # token auth on, as configs/production.properties
+PRODUCTION = shipped_properties(PRODUCTION_FILE)
 
 
 @pytest.fixture()
@@ -47,7 +52,7 @@ def start(tmp_path: Path, store: Path, extra: dict[str, str]) -> LocalServer:
 
 @pytest.fixture()
 def server(tmp_path: Path, store: Path) -> Iterator[LocalServer]:
-    with start(tmp_path, store, {**PRODUCTION, "enable_model_api": "true"}) as instance:
+    with start(tmp_path, store, PRODUCTION) as instance:
         yield instance
 
 
@@ -86,26 +91,37 @@ def when(step: dict[str, object]) -> float:
 
 def test_rollout_then_rollback_under_load_drops_no_request(server: LocalServer, store: Path,
                                                            tmp_path: Path) -> None:
+    assert server.key_file.is_file()  # token authorization on, as the production file says
+    assert server.properties["enable_model_api"] == "true" and server.properties["allowed_urls"]
     config = build_version(tmp_path, store, "2.0")
-    load = under_load(server, tmp_path, seconds=40)
+    load = under_load(server, tmp_path, seconds=60)  # a rollout took up to 25 s here on a busy machine
     with load:
+        began = time.monotonic()
         forward = tsctl(server, "rollout", "tabular", "2.0", "--config", str(config))
+        rollout_s = time.monotonic() - began
         assert forward.returncode == 0, forward.stderr
         time.sleep(4)  # traffic on 2.0
+        began = time.monotonic()
         back = tsctl(server, "rollback", "tabular")
+        rollback_s = time.monotonic() - began
         assert back.returncode == 0, back.stderr
         time.sleep(4)  # traffic on 1.0 again
         result = load.result()
+    assert server.process.poll() is None  # the same server throughout: no restart
     log = steps(server)
     assert [s["step"] for s in log] == ["start", "register", "ready", "gate", "default", "done",
                                         "start", "ready", "default", "archive", "done"]
     gated, switched, rolled_back = when(log[3]), when(log[4]), when(log[8])
     answered = load.replies()
     assert result.failures == 0 and answered and all(r.status == 200 for r in answered)
+    assert max(r.sent for r in answered) > rolled_back + 2, "the load ended before the rollback: lengthen it"
     # which version answered: 1.0 until the switch, 2.0 between, 1.0 after the rollback
     assert {r.version for r in answered if r.answered < gated} == {"1.0"}
     assert {r.version for r in answered if switched + 0.05 < r.sent and r.answered < when(log[6])} == {"2.0"}
     assert {r.version for r in answered if r.sent > rolled_back + 0.05} == {"1.0"}
+    FIGURES["rollout + rollback under load, production properties"] = (
+        f"{len(answered)} requests from 6 locust users, {result.failures} failed; tsctl rollout "
+        f"{rollout_s:.1f} s, rollback {rollback_s:.1f} s, no restart")
     assert read_archive(store / "tabular.mar").version == "1.0"  # a restart serves the default
     with server.client() as client:
         assert sorted(v["modelVersion"] for v in client.describe("tabular", "all")) == ["1.0", "2.0"]

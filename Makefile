@@ -31,6 +31,7 @@ help:
 	@echo "make coldstart                                 first request after READY, warm-up on/off"
 	@echo "make memory MODEL=minilm                       RSS/PSS of 1, 2, 4 workers, mmap on/off"
 	@echo "make overload MODEL=tabular                    2x saturation for 60 s: p99 accepted, share refused, time to refuse"
+	@echo "make worst-batch [MODELS=\"digits minilm\"]     the worst legal batch vs responseTimeout, in-process and served"
 	@echo "make status                                    models, versions, default, workers (tsctl status)"
 	@echo "make rollout MODEL=tabular VERSION=2.0         gate a new version, then make it the default"
 	@echo "make rollback MODEL=tabular                    the previous version becomes the default again"
@@ -134,6 +135,13 @@ memory: install-dev models
 .PHONY: overload
 overload: install-dev models
 	$(PY) -m scripts.measure.overload --model $(MODEL) $(OVERLOAD_ARGS)
+
+# The biggest batch of legal requests each handler's budgets allow, timed against the YAML's
+# responseTimeout (results/worst-batch/); the margin should stay at least 3x.
+MODELS ?= tabular digits minilm
+.PHONY: worst-batch
+worst-batch: install-dev models
+	$(PY) -m scripts.measure.worst_batch --models $(MODELS) $(WORST_BATCH_ARGS)
 
 lint: install-dev
 	$(PY) -m ruff check handlers scripts tests

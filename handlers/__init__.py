@@ -15,11 +15,11 @@ from handlers.options import OptionsError, option
 from handlers.request import Instances
 from handlers.runtime import RuntimeOptions
 from handlers.signature import NUMBER_TYPES, Input, Output
-from handlers.validation import check_count, float_matrix
+from handlers.validation import check_budget, check_count, float_matrix
 from handlers.weights import load_weights
 
 __all__ = [
     "NUMBER_TYPES", "Input", "Instances", "InvalidInput", "ModelHandler", "OptionsError", "Output",
-    "PayloadTooLarge", "RequestError", "RuntimeOptions", "UnsupportedMediaType", "brief", "check_count",
-    "float_matrix", "load_weights", "located", "option", "pick_device",
+    "PayloadTooLarge", "RequestError", "RuntimeOptions", "UnsupportedMediaType", "brief", "check_budget",
+    "check_count", "float_matrix", "load_weights", "located", "option", "pick_device",
 ]

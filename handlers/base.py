@@ -15,8 +15,9 @@ and writes the hooks (TorchServe's names; only the first two are required):
     answer(outputs) -> JSON                    one instance's native JSON answer (default: outputs)
 
 Unlike stock BaseHandler, preprocess and postprocess see one request, not the batch.
-Less common hooks: setup(model_dir) (a tokenizer), collate(per_request) (joins the
-batch), inference(batch) (default: one engine pass), warmup_instances(), example_batch(size).
+Less common hooks: setup(model_dir) (a tokenizer), admit(parts) (a request's work budget),
+collate(per_request) (joins the batch), inference(batch) (default: one engine pass),
+warmup_instances(), example_batch(size).
 
 Lifecycle (TorchServe calls `initialize` once per worker, `handle` once per batch):
 
@@ -25,7 +26,7 @@ Lifecycle (TorchServe calls `initialize` once per worker, `handle` once per batc
         setup(model_dir); engine <- load_model(model_dir) as the options say (engines.py)
         warm-up: every batch size x warmup_instances(), so READY means warm
     handle(requests, context)
-        per request, own try:  its envelope parses it (envelopes.py) -> preprocess
+        per request, own try:  its envelope parses it (envelopes.py) -> admit -> preprocess
         per batch:             collate -> inference -> one output row per instance
         per request, own try:  postprocess -> the envelope frames the named outputs
 
@@ -130,6 +131,14 @@ class ModelHandler(BaseHandler):
         """
         raise NotImplementedError
 
+    def admit(self, parts: Sequence[Instances]) -> None:
+        """Refuse a request whose work would outlast its batch's time, before any preprocess (optional).
+
+        Sees every part of one request (a form has one per field), so a budget counts the
+        whole request. Raise PayloadTooLarge naming the limit; leave bad values to preprocess,
+        which names them. A batch over TorchServe's responseTimeout fails every request in it.
+        """
+
     def collate(self, per_request: Sequence[Any]) -> Any:
         """Join the instances of all good requests into one batch on `self.device`."""
         joined = join_instances(per_request)
@@ -228,6 +237,7 @@ class ModelHandler(BaseHandler):
         """Parse one request in its envelope and preprocess it: its instances, or a RequestError."""
         parsed = envelope.parse(self.signature)
         check_count(parsed.count(), self.signature.max_instances, "instances")
+        self.admit(parsed.parts)
         pieces = []
         for part in parsed.parts:
             with located(part.label) if part.label else nullcontext():

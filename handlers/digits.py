@@ -13,6 +13,7 @@ and "probabilities" (FP32 [N, 10]).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,27 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from handlers import Input, Instances, ModelHandler, Output, RuntimeOptions, load_weights, located, option
+from handlers import (
+    Input,
+    Instances,
+    ModelHandler,
+    Output,
+    RequestError,
+    RuntimeOptions,
+    check_budget,
+    load_weights,
+    located,
+    option,
+)
 from handlers.architectures import DIGITS_CLASSES, DIGITS_SIDE, DigitsCNN
-from handlers.images import IMAGE_TYPES, PILLOW_MAX_PIXELS, base64_bytes, open_image, to_digit_tensor
+from handlers.images import (
+    IMAGE_TYPES,
+    PILLOW_MAX_PIXELS,
+    base64_bytes,
+    image_header,
+    open_image,
+    to_digit_tensor,
+)
 
 
 class DigitsHandler(ModelHandler):
@@ -37,15 +56,25 @@ class DigitsHandler(ModelHandler):
     @dataclass(frozen=True)
     class Options(RuntimeOptions):  # nested: TorchServe wants exactly one class per handler module
         weights: str = "digits.safetensors"
-        # A request decodes at most max_instances x max_pixels pixels: 16 x 2048^2 is about
-        # 1.2 s of one core for the worst (transparent PNG) images; raise both with care.
-        max_pixels: int = option(2048 * 2048, low=1, high=PILLOW_MAX_PIXELS)
+        max_pixels: int = option(2048 * 2048, low=1, high=PILLOW_MAX_PIXELS)  # per image
         max_instances: int = option(16, low=1)
+        # All images of one request together, checked from their headers before any is
+        # decoded. Decoding costs up to ~50 ns a pixel (16-bit transparent PNG), so this
+        # bounds a batch's time: keep batchSize x max_request_pixels well inside responseTimeout.
+        max_request_pixels: int = option(3 * 2048 * 2048, low=1)
         ink: Literal["auto", "light", "dark"] = "auto"
 
     def load_model(self, model_dir: Path) -> nn.Module:
         cnn = load_weights(DigitsCNN(), model_dir / self.options.weights, mmap=self.options.mmap_weights)
         return nn.Sequential(cnn, nn.Softmax(dim=1))
+
+    def admit(self, parts: Sequence[Instances]) -> None:
+        """413 when the request's images hold more than max_request_pixels, read from their headers.
+
+        Decoding is this model's cost, so the budget is checked before any image is decoded.
+        """
+        pixels = sum(_header_pixels(value, part.raw) for part in parts for value in part.values)
+        check_budget(pixels, self.options.max_request_pixels, "pixels", "max_request_pixels")
 
     def preprocess(self, request: Instances) -> torch.Tensor:
         """Raw bodies are the image itself; JSON values are base64, and errors name the value."""
@@ -59,3 +88,12 @@ class DigitsHandler(ModelHandler):
 
     def postprocess(self, rows: torch.Tensor) -> dict[str, Any]:
         return {"digit": rows.argmax(dim=1), "probabilities": rows}
+
+
+def _header_pixels(value: Any, raw: bool) -> int:
+    """Pixels an image's header announces; 0 for a bad value (preprocess names what is wrong)."""
+    try:
+        with image_header(value if raw else base64_bytes(value, "image"), PILLOW_MAX_PIXELS) as image:
+            return image.width * image.height
+    except RequestError:
+        return 0

@@ -24,11 +24,15 @@ IMAGE_TYPES = frozenset(
 
 
 def open_image(data: bytes, max_pixels: int, draft: tuple[int, int] | None = None) -> Image.Image:
-    """Open and fully decode `data`; 400 if it is not a whole image, 413 if it is too large.
+    """Open and fully decode `data`; 400 if it is not a whole image, 413 if over `max_pixels`."""
+    return decode_image(image_header(data, max_pixels), draft)
 
-    The size is checked from the header before pixels are decoded, so a
-    decompression bomb costs nothing. Only the formats in `FORMATS` are parsed.
-    `draft` lets JPEG decode at a reduced scale no smaller than that size.
+
+def image_header(data: bytes, max_pixels: int) -> Image.Image:
+    """The image with only its header read: 400 if it is not an image, 413 if over `max_pixels`.
+
+    No pixel is decoded yet, so a decompression bomb costs nothing and a request's
+    images can all be sized before any is decoded. Only the formats in `FORMATS` are parsed.
     """
     if not data:
         raise InvalidInput(f"empty body: expected image bytes ({_FORMAT_NAMES})")
@@ -36,26 +40,42 @@ def open_image(data: bytes, max_pixels: int, draft: tuple[int, int] | None = Non
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=FORMATS)
-        pixels = image.width * image.height
-        if pixels > max_pixels:
-            raise PayloadTooLarge(
-                f"image is {image.width}x{image.height} = {pixels} pixels; the limit is {max_pixels}"
-            )
-        if draft is not None:
-            image.draft("L", draft)
-        image.load()
-    except (PayloadTooLarge, MemoryError):
-        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise PayloadTooLarge(
             f"image has over {Image.MAX_IMAGE_PIXELS} pixels; the limit is {max_pixels}"
         ) from None
     except UnidentifiedImageError:
         raise InvalidInput(f"body is not a readable image (expected {_FORMAT_NAMES})") from None
+    except MemoryError:
+        raise
     except Exception as error:  # noqa: BLE001 - Pillow raises many types for damaged files
-        reason = brief(str(error), 80)
-        raise InvalidInput(f"image could not be decoded ({reason}); is it truncated?") from None
+        raise _damaged(error) from None
+    pixels = image.width * image.height
+    if pixels > max_pixels:
+        raise PayloadTooLarge(
+            f"image is {image.width}x{image.height} = {pixels} pixels; the limit is {max_pixels}"
+        )
     return image
+
+
+def decode_image(image: Image.Image, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Decode the pixels of an image from `image_header`; 400 if they are damaged or truncated.
+
+    `draft` lets JPEG decode at a reduced scale no smaller than that size.
+    """
+    try:
+        if draft is not None:
+            image.draft("L", draft)
+        image.load()
+    except MemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 - Pillow raises many types for damaged files
+        raise _damaged(error) from None
+    return image
+
+
+def _damaged(error: Exception) -> InvalidInput:
+    return InvalidInput(f"image could not be decoded ({brief(str(error), 80)}); is it truncated?")
 
 
 def base64_bytes(value: Any, where: str) -> bytes:

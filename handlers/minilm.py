@@ -6,11 +6,13 @@ KServe v1 instance: "a sentence" or {"text": "a sentence"}. OIP input: "text", B
 Response: {"embedding": [384 numbers]} (a list of those for a list of texts); OIP
 output "embedding" (FP32 [N, 384]).
 Texts longer than `max_length` tokens are truncated, as sentence-transformers does;
-texts longer than `max_chars` characters are rejected with 413.
+texts longer than `max_chars` characters are rejected with 413, and so is a request whose
+texts together hold more than `max_request_chars` characters or `max_request_tokens` tokens.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from handlers import (
     Output,
     PayloadTooLarge,
     RuntimeOptions,
+    check_budget,
     load_weights,
     option,
 )
@@ -57,6 +60,10 @@ class MiniLMHandler(ModelHandler):
         max_length: int = option(256, low=2, high=512)
         max_instances: int = option(64, low=1)
         max_chars: int = option(20_000, low=1)
+        # One request's texts together, so its batch ends well inside responseTimeout: the model's
+        # time grows with tokens (after truncation), the tokenizer's with characters.
+        max_request_tokens: int = option(2048, low=1)
+        max_request_chars: int = option(40_000, low=1)
         length_buckets: bool = True
         max_padding: float = option(0.25, low=0, high=10)  # padded tokens / real tokens - 1, per chunk
 
@@ -88,6 +95,16 @@ class MiniLMHandler(ModelHandler):
     def example_batch(self, size: int) -> tuple[torch.Tensor, ...]:
         chunk = self._pad(self.tokenizer.encode_batch(["the quick brown fox"] * size))
         return tuple(chunk[name] for name in self.NETWORK_INPUTS)
+
+    def admit(self, parts: Sequence[Instances]) -> None:
+        """413 over the request's character budget (before tokenizing) or its token budget."""
+        texts = [text for part in parts for text in part.values if isinstance(text, str)]
+        check_budget(sum(map(len, texts)), self.options.max_request_chars, "characters", "max_request_chars")
+        readable = [text for text in texts if len(text) <= self.options.max_chars and _encodable(text)]
+        if len(readable) * self.options.max_length <= self.options.max_request_tokens:
+            return  # truncation keeps it within budget: no need to tokenize twice
+        tokens = sum(len(encoding.ids) for encoding in self.tokenizer.encode_batch(readable))
+        check_budget(tokens, self.options.max_request_tokens, "tokens", "max_request_tokens")
 
     def preprocess(self, request: Instances) -> list[str]:
         for text, name in zip(request.values, request.names, strict=True):
@@ -131,16 +148,23 @@ class MiniLMHandler(ModelHandler):
     def _check_text(self, text: Any, where: str) -> None:
         if not isinstance(text, str):
             raise InvalidInput(f"'{where}' must be a string, got {type(text).__name__}")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # JSON allows lone surrogates such as "\ud800"
-            raise InvalidInput(f"'{where}' is not valid Unicode text") from None
+        if not _encodable(text):  # JSON allows lone surrogates such as "\ud800"
+            raise InvalidInput(f"'{where}' is not valid Unicode text")
         if not text.strip():
             raise InvalidInput(f"'{where}' is empty; send some text")
         if len(text) > self.options.max_chars:
             raise PayloadTooLarge(
                 f"'{where}' has {len(text)} characters; the limit is {self.options.max_chars}"
             )
+
+
+def _encodable(text: str) -> bool:
+    """Whether `text` is valid Unicode (the tokenizer refuses lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _similar_length_chunks(lengths: list[int], max_padding: float) -> list[list[int]]:

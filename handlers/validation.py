@@ -19,6 +19,16 @@ def check_count(count: int, limit: int, what: str) -> None:
         raise PayloadTooLarge(f"{count} {what} in one request; the limit is {limit}")
 
 
+def check_budget(total: int, limit: int, what: str, option: str) -> None:
+    """413 when one request's instances together hold more than `limit` `what` (handler option `option`).
+
+    A per-request work budget: it refuses the one request that would make its
+    batch outlast TorchServe's responseTimeout, which would fail the whole batch.
+    """
+    if total > limit:
+        raise PayloadTooLarge(f"{total} {what} in one request; the limit is {limit} ({option})")
+
+
 def float_matrix(rows: list[Any], width: int, names: list[str]) -> torch.Tensor:
     """Rows of exactly `width` finite float32 numbers as a tensor [N, width]; `names` name each row.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from PIL import Image
 
 from scripts.build import datasets
 from scripts.build.models import digit_png
-from scripts.harness import LocalModel, RawRequest
+from scripts.harness import FormField, LocalModel, RawRequest
 from tests.helpers import reference_digits
 
 CONFIG = Path("configs/models/digits.yaml")
@@ -67,3 +68,26 @@ def test_image_over_the_pixel_limit_is_413_before_decoding() -> None:
         results = small.run([RawRequest(buffer.getvalue(), "image/png")])
     assert results[0].status == 413
     assert "limit is 1000" in results[0].json()["error"]
+
+
+def test_request_over_its_pixel_budget_is_413_alone_before_decoding(digits: LocalModel) -> None:
+    """The budget counts every image of one request (form fields too); the others in its batch answer."""
+    images = datasets.digits().held_out_x[:2]
+    expected = reference_digits(images)
+    png = [big_dark_on_light(image, "PNG") for image in images]  # 64x64 = 4096 pixels each
+    truncated = png[0][: len(png[0]) // 2]  # its header says 64x64; decoding it would be a 400
+    with LocalModel.from_config(CONFIG, {"max_request_pixels": 3 * 4096 - 1}) as budgeted:
+        results = budgeted.run([
+            RawRequest.json({"image": [base64.b64encode(data).decode() for data in (png[0], png[1])]}),
+            RawRequest.json({"image": [base64.b64encode(data).decode() for data in (*png, truncated)]}),
+            RawRequest.multipart(*(FormField(name, data, "image/png") for name, data in
+                                   zip("abc", (*png, png[0]), strict=True))),
+            RawRequest(png[1], "image/png"),
+        ])
+    assert [r.status for r in results] == [200, 413, 413, 200]
+    assert [answer["digit"] for answer in results[0].json()] == list(expected)
+    assert results[3].json()["digit"] == expected[1]
+    for refused in results[1:3]:
+        assert refused.json() == {
+            "code": 413, "type": "PayloadTooLarge",
+            "error": "12288 pixels in one request; the limit is 12287 (max_request_pixels)"}

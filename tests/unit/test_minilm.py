@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from handlers.minilm import _similar_length_chunks
-from scripts.harness import LocalModel, RawRequest
+from scripts.harness import FormField, LocalModel, RawRequest
 from tests.helpers import SENTENCES, sentence_transformers_embeddings
 
 CONFIG = Path("configs/models/minilm.yaml")
@@ -85,3 +86,27 @@ def test_length_buckets_do_not_change_the_embeddings(minilm: LocalModel) -> None
         padded = one_pad.run([RawRequest.json({"text": texts})])[0].json()
     for a, b in zip(bucketed, padded, strict=True):
         assert np.dot(a["embedding"], b["embedding"]) >= 0.99999
+
+
+def test_request_over_its_token_or_character_budget_is_413_alone(minilm: LocalModel) -> None:
+    """Budgets count all texts of one request (form fields too); the others in its batch answer."""
+    alone = minilm.run([RawRequest.json({"text": ["one two three", "hello world"]})])[0].json()
+    five_tokens = "one two three"  # [CLS] one two three [SEP]
+    with LocalModel.from_config(CONFIG, {"max_request_tokens": 300, "max_request_chars": 2000}) as budgeted:
+        results = budgeted.run([
+            RawRequest.json({"text": [five_tokens] * 60}),  # 300 tokens: at the budget
+            RawRequest.json({"text": [five_tokens] * 61}),
+            RawRequest.multipart(*(FormField(name, json.dumps({"text": [five_tokens] * 31}).encode(),
+                                             "application/json") for name in "ab")),
+            RawRequest.json({"text": "x" * 2001}),
+            RawRequest(b"hello world", "text/plain"),
+        ])
+    assert [r.status for r in results] == [200, 413, 413, 413, 200]
+    assert [r.json()["error"] for r in results[1:4]] == [
+        "305 tokens in one request; the limit is 300 (max_request_tokens)",
+        "310 tokens in one request; the limit is 300 (max_request_tokens)",
+        "2001 characters in one request; the limit is 2000 (max_request_chars)",
+    ]
+    assert results[1].json()["code"] == 413
+    assert np.allclose([e["embedding"] for e in results[0].json()], [alone[0]["embedding"]] * 60, atol=1e-5)
+    assert np.allclose(results[4].json()["embedding"], alone[1]["embedding"], atol=1e-5)

@@ -133,7 +133,10 @@ def recycle(client: TorchServeClient, store: Path, model: str, log: RolloutLog,
     if now.default is None:
         raise RolloutFailed(Exit.USAGE, f"{model} has no default version to recycle")
     version = now.default.removesuffix(STAND_IN)  # a run that stopped half-way left the stand-in default
-    entry = now.versions[version]
+    if version not in now.versions:
+        raise RolloutFailed(Exit.USAGE, f"{model}: the stand-in {now.default} is the default but {version} "
+                            f"is gone; register {version} again (`tsctl register`) and run this again")
+    entry = now.versions[now.default]  # V, or the stand-in started with V's worker counts
     stand_in = version + STAND_IN
     workers = max(int(entry["minWorkers"]), len(entry["workers"]), 1)
     quiet = max(1.0, 5 * int(entry.get("maxBatchDelay", 100)) / 1000)

@@ -1,4 +1,4 @@
-"""Worker faults against a real TorchServe under locust load, with token authorization on.
+"""Worker faults against a real TorchServe under configs/production.properties and locust load.
 
 - SIGKILL of the worker: only its batch in flight fails, with TorchServe's own 507
   "Worker died." (a body our handlers never write), and a new worker answers soon.
@@ -28,6 +28,7 @@ from handlers.errors import OutOfResources
 from scripts.build.store import read_archive
 from scripts.serve.local import LocalServer
 from tests.conftest import FIGURES
+from tests.e2e.shipped import PRODUCTION, shipped_properties
 from tests.load import BackgroundLoad, Reply
 
 pytestmark = pytest.mark.e2e
@@ -37,11 +38,12 @@ WORKER_DIED = {"code": 507, "type": "InternalServerException", "message": "Worke
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    """tabular from a private store (a recycle writes its stand-in there), tokens on, model API on."""
+    """tabular from a private store (a recycle writes its stand-in there), with the production file's
+    own values: token authorization on, the model API on, allowed_urls locked to the store."""
     root = tmp_path_factory.mktemp("faults")
     (root / "store").mkdir()
     shutil.copyfile("model_store/tabular.mar", root / "store" / "tabular.mar")
-    extra = {"disable_token_authorization": "false", "enable_model_api": "true"}
+    extra = shipped_properties(PRODUCTION)
     with LocalServer.start(root / "server", root / "store", ["tabular"], extra=extra) as instance:
         yield instance
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import time
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,57 +40,39 @@ import requests
 
 from scripts.build.store import read_archive, version_archive
 from scripts.client.rest import TorchServeClient, TorchServeError
+from scripts.operate.drain import IN_FLIGHT, Load, in_worker_requests, wait_idle
 from scripts.operate.rollout import Exit, RolloutFailed, RolloutLog, registered, wait_ready
 
 STAND_IN = "-recycle"  # suffix of the stand-in version; its archive is hidden (load_models skips it)
-IN_FLIGHT = "InFlightRequests"  # our handlers' gauge: requests of the batch a worker is answering
 ANSWERED = "HandlerResponses_total"  # our handlers' counter of answered requests
 
 
-@dataclass(frozen=True)
-class VersionLoad:
-    """What one version holds at one instant."""
-
-    queued: int       # requests in its job queue (describe: jobQueueStatus.pendingRequests)
-    in_worker: int    # requests of batches its workers are answering (our InFlightRequests gauge)
-    answered: float   # requests its handlers have answered since the server started
-
-    def same_idle(self, before: VersionLoad) -> bool:
-        return self.queued == 0 and self.in_worker == 0 and self.answered == before.answered
-
-
-def version_load(client: TorchServeClient, model: str, version: str) -> VersionLoad:
+def version_load(client: TorchServeClient, model: str, version: str) -> Load:
+    """One version's queue, the batches its live workers hold, and (as `received`) the requests its
+    handlers have answered: after the switch no new request reaches it, so a new answer means it
+    was still busy."""
     (entry,) = client.describe(model, version)
     pids = {str(worker.get("pid")) for worker in entry.get("workers", [])}
     samples = client.metrics((IN_FLIGHT, ANSWERED))
-    in_worker = sum(s.value for s in samples if s.name == IN_FLIGHT and s.labels.get("WorkerPid") in pids)
     answered = sum(s.value for s in samples if s.name == ANSWERED and s.labels.get("ModelName") == model
                    and s.labels.get("ModelVersion") == version)
-    return VersionLoad(int(entry.get("jobQueueStatus", {}).get("pendingRequests", 0)), int(in_worker),
-                       answered)
+    return Load(int(entry.get("jobQueueStatus", {}).get("pendingRequests", 0)),
+                in_worker_requests(samples, pids), answered)
 
 
 def wait_version_idle(client: TorchServeClient, model: str, version: str, quiet: float,
-                      timeout: float, poll: float = 0.1) -> VersionLoad:
+                      timeout: float) -> Load:
     """Return once `version` has been idle for `quiet` seconds in a row; RolloutFailed after `timeout`.
 
     Idle: nothing queued, no batch in a worker, and no request answered meanwhile.
     `quiet` must exceed maxBatchDelay: it covers requests the frontend took from the
     queue but has not yet handed to the worker.
     """
-    deadline = time.monotonic() + timeout
-    load = version_load(client, model, version)
-    quiet_since: float | None = None
-    while True:
-        time.sleep(poll)
-        before, load = load, version_load(client, model, version)
-        now = time.monotonic()
-        quiet_since = (quiet_since or now) if load.same_idle(before) else None
-        if quiet_since is not None and now - quiet_since >= quiet:
-            return load
-        if now > deadline:
-            raise RolloutFailed(Exit.SERVER, f"{model} {version} was still busy after {timeout:.0f}s "
-                                f"({load.queued} queued, {load.in_worker} in a worker)")
+    idle, load = wait_idle(lambda: version_load(client, model, version), quiet=quiet, timeout=timeout)
+    if not idle:
+        raise RolloutFailed(Exit.SERVER, f"{model} {version} was still busy after {timeout:.0f}s "
+                            f"({load.queued} queued, {load.in_worker} in a worker)")
+    return load
 
 
 def stand_in_archive(store: Path, model: str, version: str, model_url: str) -> Path:

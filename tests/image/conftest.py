@@ -86,6 +86,7 @@ def run_container(name: str, ports: dict[str, int]) -> None:
         "TS_GRPC_INFERENCE_PORT": str(ports["grpc_inference"]),
         "TS_GRPC_MANAGEMENT_PORT": str(ports["grpc_management"]),
         "DRAIN_SECONDS": str(DRAIN_SECONDS),
+        "KEEPER_HEALTH_ADDRESS": f"127.0.0.1:{ports['keeper']}",
     }
     flags = [arg for key, value in env.items() for arg in ("--env", f"{key}={value}")]
     podman("run", "--detach", "--name", name, "--network", "host", *flags, TAG)
@@ -97,7 +98,7 @@ def container() -> Iterator[Container]:
         pytest.fail(f"no image {TAG}: run `make image` (or `make test-image`, which builds it)")
     name = f"toolkit-image-test-{os.getpid()}"
     ports = {port: free_port() for port in ("inference", "management", "metrics", "grpc_inference",
-                                             "grpc_management")}
+                                             "grpc_management", "keeper")}
     started = time.monotonic()
     run_container(name, ports)
     instance = Container(name, ports)

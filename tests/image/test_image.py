@@ -160,12 +160,24 @@ def test_health_is_false_while_a_model_has_no_ready_worker(container: Container)
     scale(container, "minilm", 0)
     try:
         assert container.healthcheck() == (False, "not ready: minilm has 0 READY of 0 workers")
+        time.sleep(1.2)  # past the keeper's one-second cache
+        ready = requests.get(f"http://127.0.0.1:{container.ports['keeper']}/ready", timeout=10)
+        assert ready.status_code == 503
+        assert ready.json()["detail"] == "not ready: minilm has 0 READY of 0 workers"
         live = podman("exec", container.name, "python", "-m", "scripts.serve.health", "--live", check=False)
         assert live.returncode == 0 and live.stdout.startswith("live: TorchServe answers"), live.stdout
     finally:
         scale(container, "minilm", 1)
     container.wait_healthy()
     assert container.healthcheck()[0]
+
+
+def test_the_keeper_answers_ready_without_a_key(container: Container) -> None:
+    """Load balancers have no key; TorchServe's own /ping wants one (token authorization is on)."""
+    ping = requests.get(f"http://127.0.0.1:{container.ports['inference']}/ping", timeout=10)
+    assert ping.status_code == 400
+    ready = requests.get(f"http://127.0.0.1:{container.ports['keeper']}/ready", timeout=10)
+    assert ready.status_code == 200 and ready.json()["ready"] is True, ready.text
 
 
 def load(container: Container, token: str, stop: threading.Event) -> list[tuple[float, float, str]]:

@@ -116,19 +116,28 @@ class LocalServer:
                                 timeout=timeout, metrics_url=self.metrics_url)
 
     @classmethod
-    def start(cls, workdir: Path, store: Path, models: Sequence[str], timeout: float = 300,
-              extra: Mapping[str, str] | None = None) -> LocalServer:
-        """Start TorchServe serving `models` (archive stems in `store`) and wait until all are READY."""
+    def launch(cls, workdir: Path, store: Path, archives: Sequence[str],
+               extra: Mapping[str, str] | None = None) -> LocalServer:
+        """Start TorchServe on `archives` (file names in `store`) without waiting for anything:
+        for tests that watch it come up, or watch a model that never does."""
         (workdir / "tmp").mkdir(parents=True, exist_ok=True)
-        properties = write_properties(workdir, store, [f"{name}.mar" for name in models], extra)
+        properties = write_properties(workdir, store, archives, extra)
         env = {**os.environ, "TMPDIR": str(workdir / "tmp"), "LOG_LOCATION": str(workdir / "logs"),
                "METRICS_LOCATION": str(workdir / "logs")}
+        env.pop("TS_CONFIG_FILE", None)  # the properties are the ones written here
         command = torchserve_command("--start", "--foreground", "--ncs",
                                      "--ts-config", str(workdir / "config.properties"))
         with (workdir / "console.log").open("wb") as console:
             process = subprocess.Popen(command, cwd=workdir, env=env, stdout=console,
                                        stderr=subprocess.STDOUT, start_new_session=True)
-        server = cls(workdir, properties, process)
+        return cls(workdir, properties, process)
+
+    @classmethod
+    def start(cls, workdir: Path, store: Path, models: Sequence[str], timeout: float = 300,
+              extra: Mapping[str, str] | None = None) -> LocalServer:
+        """Start TorchServe serving `models` (archive stems in `store`) and wait until all are READY."""
+        server = cls.launch(workdir, store, [f"{name}.mar" for name in models], extra)
+        process = server.process
         try:
             with server.client() as client:
                 wait_until_answering(client.ping, process, timeout)

@@ -102,7 +102,7 @@ def show_examples(client: TorchServeClient, store: Path) -> None:
         body = example.file.read_bytes() if example.file else (example.data or "").encode()
         try:
             answer = client.predict(spec.name, body, example.content_type, check=False)
-        except requests.RequestException as error:
+        except (requests.RequestException, TorchServeError) as error:  # TorchServeError: overloaded
             print(f"\n# {spec.name}: example request failed: {error}")
             continue
         preview = " ".join(answer.text.split())[:100]

@@ -11,7 +11,6 @@ weights) instead of waiting out its timeout.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,8 +24,8 @@ import requests
 
 from scripts.build.store import MANIFEST
 from scripts.client.rest import KeyFile, TorchServeClient
-from scripts.serve.local import LocalServer, write_properties
-from scripts.serve.server import torchserve_command, wait_until_ready
+from scripts.serve.local import LocalServer
+from scripts.serve.server import wait_until_ready
 from tests.e2e.test_startup import ROOT, ServeDir
 
 pytestmark = pytest.mark.e2e
@@ -105,21 +104,13 @@ def test_a_model_that_cannot_load_is_named_soon_after_the_others_and_the_server_
 def registered_anyway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     """TorchServe started directly (no `make serve` check) on tabular and a truncated broken.mar."""
     workdir = tmp_path_factory.mktemp("registered-anyway")
-    (workdir / "tmp").mkdir()
     store = workdir / "store"
     store.mkdir()
     shutil.copyfile(GOOD, store / "tabular.mar")
     truncated(store / "broken.mar")
-    properties = write_properties(workdir, store, [], {"load_models": "all",
-                                                       "default_workers_per_model": "1"})
-    env = {**os.environ, "TMPDIR": str(workdir / "tmp"), "LOG_LOCATION": str(workdir / "logs"),
-           "METRICS_LOCATION": str(workdir / "logs")}
-    command = torchserve_command("--start", "--foreground", "--ncs", "--ts-config",
-                                 str(workdir / "config.properties"))
-    with (workdir / "console.log").open("wb") as console:
-        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=console, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    with LocalServer(workdir, properties, process) as server:
+    launched = LocalServer.launch(workdir, store, [],
+                                  {"load_models": "all", "default_workers_per_model": "1"})
+    with launched as server:
         with server.client() as client:
             wait_until_ready(client, ["tabular"], timeout=300, log_hint=workdir / "logs")
         yield server

@@ -21,8 +21,7 @@ import requests
 from scripts.client.rest import KeyFile, TorchServeClient
 from scripts.operate.drain import draining_marker
 from scripts.serve import health
-from scripts.serve.local import LocalServer, write_properties
-from scripts.serve.server import torchserve_command
+from scripts.serve.local import LocalServer
 
 pytestmark = pytest.mark.e2e
 EXPIRY_MINUTES = 0.1
@@ -49,19 +48,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     """TorchServe serving tabular with token auth on; started here rather than by LocalServer.start,
     whose own readiness wait would stall once its keys expire."""
     workdir = tmp_path_factory.mktemp("health")
-    (workdir / "tmp").mkdir()
-    properties = write_properties(workdir, Path("model_store").resolve(), ["tabular.mar"], {
+    launched = LocalServer.launch(workdir, Path("model_store").resolve(), ["tabular.mar"], {
         "disable_token_authorization": "false", "enable_model_api": "false",
         "token_expiration_min": str(EXPIRY_MINUTES)})
-    env = {**os.environ, "TMPDIR": str(workdir / "tmp"), "LOG_LOCATION": str(workdir / "logs"),
-           "METRICS_LOCATION": str(workdir / "logs")}
-    env.pop("TS_CONFIG_FILE", None)
-    command = torchserve_command("--start", "--foreground", "--ncs", "--ts-config",
-                                 str(workdir / "config.properties"))
-    with (workdir / "console.log").open("wb") as console:
-        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=console, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    with LocalServer(workdir, properties, process) as instance:
+    with launched as instance:
         wait_until(instance, healthy=True)
         yield instance
 

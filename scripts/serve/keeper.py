@@ -253,9 +253,24 @@ def main(argv: list[str] | None = None) -> int:
     except (health.HealthError, OSError) as error:
         logger.error("keeper: %s", error)
         return 2
-    stop.wait()
+    watch_server(lambda: health.check(args.ts_config, args.server_dir, live=True, timeout=5.0)[0], stop)
     keeper.close()
     return 0
+
+
+def watch_server(alive: Callable[[], bool], stop: threading.Event, every: float = 5.0,
+                 gone_after: int = 6) -> None:
+    """Return on `stop`, or once TorchServe, seen alive before, has not answered `gone_after`
+    checks in a row: a plain `torchserve --stop` must not leave the keeper behind."""
+    seen, missed = False, 0
+    while not stop.wait(every):
+        if alive():
+            seen, missed = True, 0
+        elif seen:
+            missed += 1
+            if missed >= gone_after:
+                logger.info("keeper: TorchServe has not answered for %.0f s; exiting", every * gone_after)
+                return
 
 
 if __name__ == "__main__":

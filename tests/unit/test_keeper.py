@@ -19,6 +19,7 @@ from scripts.serve.keeper import (
     parse_address,
     parse_instant,
     token_lifetime_min,
+    watch_server,
 )
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
@@ -92,3 +93,15 @@ def test_the_key_lifetime_is_the_one_torchserve_uses() -> None:
     assert token_lifetime_min({"token_expiration_min": "5"}, {"TS_TOKEN_EXPIRATION_TIME_MIN": "9"}) == 5
     envvars = {"token_expiration_min": "5", "enable_envvars_config": "true"}
     assert token_lifetime_min(envvars, {"TS_TOKEN_EXPIRATION_TIME_MIN": "9"}) == 9
+
+
+def test_the_keeper_leaves_once_torchserve_is_gone_but_not_before_it_came() -> None:
+    answers = iter([False, False, True, True, False, False, False])  # starting, up, then gone
+    checks: list[int] = []
+
+    def alive() -> bool:
+        checks.append(1)
+        return next(answers)
+
+    watch_server(alive, threading.Event(), every=0, gone_after=3)
+    assert len(checks) == 7  # left after the third miss in a row, not during the start

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scripts.config.files import ConfigError
+from scripts.config.files import ConfigError, read_properties
 from scripts.deploy import sizing
 from scripts.deploy.facts import ModelFacts, read_all
 from scripts.deploy.kserve_text import isvc_notes
@@ -48,6 +48,7 @@ MANAGEMENT_ADDRESS = "http://127.0.0.1:8086"
 METRICS_ADDRESS = "http://0.0.0.0:8082"  # the runtime's prometheus.kserve.io/port; no key, no control
 WRAPPER_MEMORY_MIB = 256                  # the wrapper's Python (kserve, FastAPI) beside TorchServe
 CANARY_PERCENT = 100                      # steady state: all traffic to the latest ready revision
+PRODUCTION_PROPERTIES = Path("configs/production.properties")  # allowed_urls comes from here
 
 
 def snapshot(models: Sequence[ModelFacts]) -> dict[str, Any]:
@@ -78,6 +79,8 @@ def properties(models: Sequence[ModelFacts]) -> dict[str, str]:
         "model_store": f"{MOUNT}/model-store",  # the wrapper checks the archives are here
         "disable_token_authorization": "true",  # the wrapper cannot send tokens (pytorch/serve#3301)
         "enable_model_api": "false",
+        # Defence in depth, should the model API ever be turned on: only archives of the store.
+        "allowed_urls": read_properties(PRODUCTION_PROPERTIES)["allowed_urls"],
         "enable_envvars_config": "true",
         "metrics_mode": "prometheus",
         "metrics_config": f"{MOUNT}/config/metrics.yaml",
@@ -90,7 +93,8 @@ def properties_text(models: Sequence[ModelFacts]) -> str:
               "# KServe's TorchServe wrapper reads it line by line: model_snapshot stays on one line.\n"
               "# Inference and management on the pod's loopback, off the wrapper's 8080/8081; token\n"
               "# authorization off because the wrapper cannot send tokens (deploy/kserve/*.yaml say why\n"
-              "# that is safe); the model API off, so nothing can register archives or fetch URLs.\n")
+              "# that is safe); the model API off, so nothing can register archives or fetch URLs, and\n"
+              "# allowed_urls locked to the store as in configs/production.properties besides.\n")
     return header + "".join(f"{key}={value}\n" for key, value in properties(models).items())
 
 

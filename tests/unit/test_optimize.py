@@ -37,6 +37,9 @@ def test_onnx_backend_archive_carries_a_checked_export_that_serves(tmp_path: Pat
     with LocalModel.from_mar(mar) as onnx, \
             LocalModel.from_config(Path("configs/models/tabular.yaml")) as eager:
         assert onnx.handler.options.backend == "onnx"
+        options = onnx.handler.engine.session.get_session_options()  # an idle worker must not spin
+        for pool in ("intra_op", "inter_op"):
+            assert options.get_session_config_entry(f"session.{pool}.allow_spinning") == "0"
         (found,), (expected,) = onnx.run([RawRequest.json(row)]), eager.run([RawRequest.json(row)])
     assert found.status == 200 and found.json()["label"] == expected.json()["label"]
 

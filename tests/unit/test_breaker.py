@@ -24,6 +24,14 @@ def opened(clock: Clock, threshold: int = 3, cool_down: float = 10.0) -> Circuit
     return breaker
 
 
+def in_trial(clock: Clock) -> CircuitBreaker:
+    """An opened breaker a whole cool-down later, whose one trial call went through (not yet reported)."""
+    breaker = opened(clock)
+    clock.now += 10
+    breaker.before_call()
+    return breaker
+
+
 def test_closed_stays_closed_below_the_threshold_and_a_success_resets_the_count() -> None:
     breaker = CircuitBreaker(failure_threshold=3, cool_down_seconds=10, clock=Clock())
     for _ in range(2):
@@ -62,10 +70,7 @@ def test_open_turns_half_open_after_the_cool_down_and_lets_exactly_one_trial_thr
 
 
 def test_a_successful_trial_closes_the_circuit() -> None:
-    clock = Clock()
-    breaker = opened(clock)
-    clock.now += 10
-    breaker.before_call()
+    breaker = in_trial(Clock())
     breaker.record_success()
     assert breaker.stats() == BreakerStats(State.CLOSED, 0, 1, 0, 3, 1)
     breaker.before_call()  # closed: calls go through again
@@ -73,9 +78,7 @@ def test_a_successful_trial_closes_the_circuit() -> None:
 
 def test_a_failed_trial_opens_the_circuit_again_for_a_whole_cool_down() -> None:
     clock = Clock()
-    breaker = opened(clock)
-    clock.now += 10
-    breaker.before_call()
+    breaker = in_trial(clock)
     breaker.record_failure()
     stats = breaker.stats()
     assert (stats.state, stats.opens) == (State.OPEN, 2)
@@ -88,9 +91,7 @@ def test_a_failed_trial_opens_the_circuit_again_for_a_whole_cool_down() -> None:
 
 def test_a_trial_that_never_reports_does_not_wedge_the_breaker() -> None:
     clock = Clock()
-    breaker = opened(clock)
-    clock.now += 10
-    breaker.before_call()  # a trial whose caller died before recording anything
+    breaker = in_trial(clock)  # a trial whose caller died before recording anything
     clock.now += 10
     breaker.before_call()  # after another cool-down, a new trial is allowed
 

@@ -48,6 +48,8 @@ from scripts.client.breaker import CircuitBreaker
 from scripts.client.prometheus import Sample, parse_samples
 
 logger = logging.getLogger(__name__)
+DEFAULT_INFERENCE, DEFAULT_MANAGEMENT, DEFAULT_METRICS = (  # TorchServe's own defaults
+    "http://127.0.0.1:8080", "http://127.0.0.1:8081", "http://127.0.0.1:8082")
 INFERENCE_KEY_ENV = "TORCHSERVE_INFERENCE_KEY"
 MANAGEMENT_KEY_ENV = "TORCHSERVE_MANAGEMENT_KEY"
 SAFE_RETRIES = Retry(
@@ -180,11 +182,11 @@ class TorchServeClient:
 
     def __init__(
         self,
-        inference_url: str = "http://127.0.0.1:8080",
-        management_url: str = "http://127.0.0.1:8081",
+        inference_url: str = DEFAULT_INFERENCE,
+        management_url: str = DEFAULT_MANAGEMENT,
         keys: KeyFile | None = None,
         timeout: float = 30.0,
-        metrics_url: str = "http://127.0.0.1:8082",
+        metrics_url: str = DEFAULT_METRICS,
         retries: Retry = SAFE_RETRIES,
         overload_backoff: Backoff = OVERLOAD_BACKOFF,
         breaker: CircuitBreaker | None = None,
@@ -200,6 +202,15 @@ class TorchServeClient:
         adapter = HTTPAdapter(max_retries=retries, pool_maxsize=32)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+
+    @classmethod
+    def from_properties(cls, properties: Mapping[str, str], keys: KeyFile,
+                        **options: Any) -> TorchServeClient:
+        """A client for the server a TorchServe properties file describes (TorchServe's defaults where
+        an address is unset); `options` as for the constructor."""
+        return cls(properties.get("inference_address", DEFAULT_INFERENCE),
+                   properties.get("management_address", DEFAULT_MANAGEMENT), keys,
+                   metrics_url=properties.get("metrics_address", DEFAULT_METRICS), **options)
 
     def __enter__(self) -> TorchServeClient:
         return self
@@ -355,6 +366,13 @@ def _message(response: requests.Response) -> str:
     except ValueError:
         return response.text.strip()
     return str(answer.get("status", answer)) if isinstance(answer, dict) else str(answer)
+
+
+def renew_key(management_url: str, api_key: str, kind: str, timeout: float) -> requests.Response:
+    """Ask TorchServe for a new `kind` ("inference" or "management") key with its API key, which
+    never expires (`POST /token?type=...`); TorchServe then rewrites key_file.json."""
+    return requests.post(f"{management_url.rstrip('/')}/token", params={"type": kind},
+                         headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
 
 
 def ready_workers(description: list[dict[str, Any]]) -> int:

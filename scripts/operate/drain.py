@@ -113,33 +113,30 @@ def wait_idle(probe: Callable[[], Load], quiet: float = 1.0, timeout: float = 60
 
 
 def hold(client: TorchServeClient, server_dir: Path, announce: float = 0.0, quiet: float = 1.0,
-         timeout: float = 60.0) -> dict[str, object]:
-    """`tsctl drain`: readiness false and wait until idle, leaving the server up and not ready
-    (`tsctl drain --undo` makes it ready again; stopping it removes the marker too)."""
+         timeout: float = 60.0) -> DrainReport:
+    """Readiness false, wait `announce`, then wait until idle (at most `timeout`); the server stays
+    up and not ready (`tsctl drain`; `tsctl drain --undo` or a stop removes the marker)."""
     started = time.monotonic()
-    draining_marker(server_dir).write_text("draining: readiness is false (tsctl drain)\n")
+    marker = draining_marker(server_dir)
+    marker.write_text("draining: readiness is false; the server finishes what it accepted\n")
+    logger.info("drain: readiness is false (%s); waiting %.1f s for load balancers", marker, announce)
     time.sleep(announce)
     idle, left = wait_idle(lambda: current_load(client), quiet=quiet, timeout=timeout)
-    return {"idle": idle, "queued": left.queued, "in_worker": left.in_worker,
-            "waited_s": round(time.monotonic() - started, 1), "marker": str(draining_marker(server_dir))}
+    return DrainReport(idle, time.monotonic() - started, left)
 
 
 def drain(client: TorchServeClient, server_dir: Path, stop: Callable[[], object], announce: float = 0.0,
           quiet: float = 1.0, timeout: float = 60.0) -> DrainReport:
-    """Readiness false, wait `announce`, wait until idle (at most `timeout`), then `stop()`."""
+    """`hold`, then `stop()` (`make stop`), busy or not; the marker goes with the server."""
     started = time.monotonic()
-    marker = draining_marker(server_dir)
-    marker.write_text("draining: readiness is false; the server stops once idle\n")
     try:
-        logger.info("drain: readiness is false (%s); waiting %.1f s for load balancers", marker, announce)
-        time.sleep(announce)
-        idle, left = wait_idle(lambda: current_load(client), quiet=quiet, timeout=timeout)
-        if idle:
+        report = hold(client, server_dir, announce, quiet, timeout)
+        if report.idle:
             logger.info("drain: idle (nothing queued or in a worker for %.1f s); stopping", quiet)
         else:
             logger.warning("drain: still busy after %.0f s (%d queued, %d in workers); stopping anyway",
-                           timeout, left.queued, left.in_worker)
+                           timeout, report.left.queued, report.left.in_worker)
         stop()
     finally:
-        marker.unlink(missing_ok=True)
-    return DrainReport(idle, time.monotonic() - started, left)
+        draining_marker(server_dir).unlink(missing_ok=True)
+    return DrainReport(report.idle, time.monotonic() - started, report.left)

@@ -145,7 +145,9 @@ def run(args: argparse.Namespace) -> Any:
             if args.undo:
                 draining_marker(args.server_dir).unlink(missing_ok=True)
                 return {"idle": None, "message": "readiness follows the models again (drain undone)"}
-            return hold(client, args.server_dir, args.announce, timeout=args.drain_timeout)
+            report = hold(client, args.server_dir, args.announce, timeout=args.drain_timeout)
+            return {"idle": report.idle, "queued": report.left.queued, "in_worker": report.left.in_worker,
+                    "waited_s": round(report.waited_s, 1), "marker": str(draining_marker(args.server_dir))}
         if args.command == "rollback":
             return rollback(client, store, args.model, log, to=args.to)
         policy = read_policy(args.config or Path(f"configs/models/{args.model}.yaml"))

@@ -45,7 +45,7 @@ from types import FrameType
 import psutil
 import requests
 
-from scripts.client.rest import KeyFile, TorchServeClient, TorchServeError
+from scripts.client.rest import DEFAULT_METRICS, KeyFile, TorchServeClient, TorchServeError
 from scripts.config.files import read_properties
 from scripts.operate.drain import current_load, draining_marker, wait_idle
 from scripts.serve import keeper
@@ -127,7 +127,7 @@ def client_for(ts_config: Path, server_dir: Path) -> TorchServeClient:
     """A client for the server this container runs, with its management key (no retries: we wait)."""
     properties = read_properties(ts_config)
     target = read_target(ts_config, os.environ)
-    metrics = loopback_url(properties.get("metrics_address", "http://127.0.0.1:8082"), ts_config)
+    metrics = loopback_url(properties.get("metrics_address", DEFAULT_METRICS), ts_config)
     keys = KeyFile.read(server_dir / "key_file.json") if target.token_auth else KeyFile()
     return TorchServeClient(management_url=target.management_url, keys=keys, timeout=5,
                             metrics_url=metrics, retries=NO_RETRIES)

@@ -36,7 +36,14 @@ from urllib.parse import urlsplit
 import requests
 from urllib3.util.retry import Retry
 
-from scripts.client.rest import KeyFile, TorchServeClient, TorchServeError, Unauthorized, ready_workers
+from scripts.client.rest import (
+    KeyFile,
+    TorchServeClient,
+    TorchServeError,
+    Unauthorized,
+    ready_workers,
+    renew_key,
+)
 from scripts.config.files import read_properties
 from scripts.operate.drain import draining_marker
 
@@ -109,8 +116,7 @@ def renew_management_key(target: Target, keys: KeyFile, timeout: float) -> None:
     if not keys.api:
         raise HealthError("not ready: TorchServe refused the management key and key_file.json holds no "
                           "API key to renew it with")
-    response = requests.post(f"{target.management_url}/token", params={"type": "management"},
-                             headers={"Authorization": f"Bearer {keys.api}"}, timeout=timeout)
+    response = renew_key(target.management_url, keys.api, "management", timeout)
     if not response.ok:
         raise HealthError(f"not ready: TorchServe refused the management key, and renewing it gave "
                           f"{response.status_code}: {response.text.strip()[:200]}")

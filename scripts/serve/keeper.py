@@ -40,6 +40,7 @@ from pathlib import Path
 
 import requests
 
+from scripts.client.rest import renew_key
 from scripts.config.files import read_properties
 from scripts.serve import health
 
@@ -52,10 +53,9 @@ LIFETIME_ENV = "TS_TOKEN_EXPIRATION_TIME_MIN"
 
 
 # ---- keys ----------------------------------------------------------------------------------
-def expirations(key_file: Path) -> dict[str, datetime]:
-    """{"inference"|"management": when that key expires}, from TorchServe's key_file.json."""
-    document = json.loads(key_file.read_text())
-    return {kind: parse_instant(document[kind]["expiration time"]) for kind in RENEWED_TYPES}
+def expirations(key_file: dict[str, dict[str, str]]) -> dict[str, datetime]:
+    """{"inference"|"management": when that key expires}, from TorchServe's key_file.json document."""
+    return {kind: parse_instant(key_file[kind]["expiration time"]) for kind in RENEWED_TYPES}
 
 
 def parse_instant(text: str) -> datetime:
@@ -77,19 +77,15 @@ class KeyRenewer:
     key_file: Path
     lifetime_s: float
     timeout: float = 5.0
-    renewals: int = 0
 
     def renew_due(self, now: datetime | None = None) -> list[str]:
         """Renew what is due now; returns the types renewed."""
         if not self.key_file.is_file():
             return []  # TorchServe has not started (or token authorization is off)
-        kinds = due(expirations(self.key_file), self.lifetime_s, now or datetime.now(timezone.utc))
-        api_key = json.loads(self.key_file.read_text())["API"]["key"]
+        document = json.loads(self.key_file.read_text())
+        kinds = due(expirations(document), self.lifetime_s, now or datetime.now(timezone.utc))
         for kind in kinds:
-            response = requests.post(f"{self.management_url}/token", params={"type": kind},
-                                     headers={"Authorization": f"Bearer {api_key}"}, timeout=self.timeout)
-            response.raise_for_status()
-            self.renewals += 1
+            renew_key(self.management_url, document["API"]["key"], kind, self.timeout).raise_for_status()
             logger.info("keeper: renewed the %s key (key_file.json rewritten by TorchServe)", kind)
         return kinds
 

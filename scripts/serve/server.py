@@ -138,10 +138,7 @@ def start(ts_config: Path, timeout: float, health_address: str = keeper.DEFAULT_
     if result.returncode != 0:
         logger.error("error: torchserve did not start (is one already running? `make stop`)")
         return 1
-    inference = properties.get("inference_address", "http://127.0.0.1:8080")
-    management = properties.get("management_address", "http://127.0.0.1:8081")
-    keys = KeyFile.read(Path("key_file.json"))
-    with TorchServeClient(inference, management, keys) as client:
+    with TorchServeClient.from_properties(properties, KeyFile.read(Path("key_file.json"))) as client:
         logger.info("==> waiting for READY workers: %s", ", ".join(models))
         try:
             wait_until_ready(client, models, timeout, LOG_DIR / "model_log.log", watch)
@@ -149,8 +146,8 @@ def start(ts_config: Path, timeout: float, health_address: str = keeper.DEFAULT_
             refuse_to_serve(error)
             return 1
         keeper.spawn(ts_config, Path("."), health_address, LOG_DIR)
-        print(f"\nTorchServe is up: inference {inference}, management {management}, "
-              f"metrics {properties.get('metrics_address', '')}, health http://{health_address}/ready "
+        print(f"\nTorchServe is up: inference {client.inference_url}, management {client.management_url}, "
+              f"metrics {client.metrics_url}, health http://{health_address}/ready "
               f"and /live; logs in {LOG_DIR}/; stop (drain first) with `make stop`.")
         show_examples(client, store)
     return 0
@@ -200,10 +197,7 @@ def stop_started(pid: int | None, wait: float = STOP_WAIT) -> bool:
 def stop(ts_config: Path, drain_timeout: float, announce: float) -> int:
     """Drain (readiness false, let accepted requests finish), stop TorchServe, then the keeper."""
     properties = read_properties(ts_config)
-    client = TorchServeClient(properties.get("inference_address", "http://127.0.0.1:8080"),
-                              properties.get("management_address", "http://127.0.0.1:8081"),
-                              KeyFile.read(Path("key_file.json")), timeout=10,
-                              metrics_url=properties.get("metrics_address", "http://127.0.0.1:8082"))
+    client = TorchServeClient.from_properties(properties, KeyFile.read(Path("key_file.json")), timeout=10)
     codes: list[int] = []
 
     def torchserve_stop() -> None:

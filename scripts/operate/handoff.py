@@ -38,10 +38,10 @@ from typing import Any
 
 import requests
 
-from scripts.build.store import read_archive, version_archive
+from scripts.build.store import version_archive
 from scripts.client.rest import TorchServeClient, TorchServeError
 from scripts.operate.drain import IN_FLIGHT, Load, in_worker_requests, wait_idle
-from scripts.operate.rollout import Exit, RolloutFailed, RolloutLog, registered, wait_ready
+from scripts.operate.rollout import Exit, RolloutFailed, RolloutLog, archive_of, registered, wait_ready
 
 STAND_IN = "-recycle"  # suffix of the stand-in version; its archive is hidden (load_models skips it)
 ANSWERED = "HandlerResponses_total"  # our handlers' counter of answered requests
@@ -79,7 +79,7 @@ def stand_in_archive(store: Path, model: str, version: str, model_url: str) -> P
     """A copy of VERSION's archive whose manifest says VERSION-recycle, hidden at the top of the
     store (TorchServe registers only file names of its store, and load_models=all skips hidden ones)."""
     source = next((path for path in (store / model_url, version_archive(store, model, version))
-                   if path.is_file() and _holds(path, model, version)), None)
+                   if archive_of(path, model, version) is not None), None)
     if source is None:
         raise RolloutFailed(Exit.USAGE, f"no archive of {model} {version} in {store} (tried {model_url} and "
                             f"{version_archive(store, model, version).relative_to(store)}): rebuild it "
@@ -98,14 +98,6 @@ def stand_in_archive(store: Path, model: str, version: str, model_url: str) -> P
     return target
 
 
-def _holds(path: Path, model: str, version: str) -> bool:
-    try:
-        info = read_archive(path)
-    except ValueError:
-        return False
-    return (info.name, info.version) == (model, version)
-
-
 def recycle(client: TorchServeClient, store: Path, model: str, log: RolloutLog,
             timeout: float = 300.0) -> dict[str, Any]:
     """Replace the default version's workers by fresh processes (steps 1-4 above)."""
@@ -121,7 +113,7 @@ def recycle(client: TorchServeClient, store: Path, model: str, log: RolloutLog,
     stand_in = version + STAND_IN
     workers = max(int(entry["minWorkers"]), len(entry["workers"]), 1)
     quiet = max(1.0, 5 * int(entry.get("maxBatchDelay", 100)) / 1000)
-    old_pids = _pids(client, model, version)
+    old_pids = _pids(now.versions[version])
     if now.default == version:
         archive = _start_stand_in(client, store, model, version, entry, workers, log, timeout)
     else:
@@ -137,7 +129,7 @@ def recycle(client: TorchServeClient, store: Path, model: str, log: RolloutLog,
     wait_version_idle(client, model, stand_in, quiet, timeout)
     log.step("recycle", version=stand_in, phase="unregister", message=client.unregister(model, stand_in))
     archive.unlink(missing_ok=True)
-    new_pids = _pids(client, model, version)
+    new_pids = _pids(client.describe(model, version)[0])
     seconds = round(time.monotonic() - started, 1)
     log.step("recycle", version=version, phase="done", workers=new_pids, seconds=seconds)
     return {"model": model, "version": version, "old_pids": old_pids, "new_pids": new_pids,
@@ -173,6 +165,5 @@ def _withdraw(client: TorchServeClient, model: str, stand_in: str, log: RolloutL
         log.step("recycle", version=stand_in, phase="withdraw", warning=f"could not unregister it: {error}")
 
 
-def _pids(client: TorchServeClient, model: str, version: str) -> list[int]:
-    (entry,) = client.describe(model, version)
+def _pids(entry: dict[str, Any]) -> list[int]:
     return sorted(int(worker["pid"]) for worker in entry.get("workers", []))

@@ -134,18 +134,17 @@ def wait_ready(client: TorchServeClient, model: str, version: str, want: int, ti
 def place_archive(store: Path, model: str, version: str) -> ArchiveInfo:
     """Make model_store/MODEL.mar the archive of VERSION; its file name is what TorchServe registers."""
     target = store / f"{model}.mar"
-    placed = _archive_of(target, model, version)
+    placed = archive_of(target, model, version)
     if placed is not None:
         return loadable(placed.path)
     kept = version_archive(store, model, version)
     if not kept.exists():
         raise RolloutFailed(Exit.USAGE, f"no archive of {model} {version} in {store}: set version: "
                             f'"{version}" in configs/models/{model}.yaml and run `make archive`')
-    found = _archive_of(kept, model, version)
-    if found is None:
+    found = loadable(kept)  # before it replaces the default's archive at the top of the store
+    if (found.name, found.version) != (model, version):
         raise RolloutFailed(Exit.USAGE, f"{kept} is not an archive of {model} {version}: rebuild it with "
                             "`make archive`")
-    loadable(kept)  # before it replaces the default's archive at the top of the store
     keep_version(kept, target)
     return replace(found, path=target)
 
@@ -159,7 +158,7 @@ def loadable(path: Path) -> ArchiveInfo:
         raise RolloutFailed(Exit.USAGE, str(error)) from None
 
 
-def _archive_of(path: Path, model: str, version: str) -> ArchiveInfo | None:
+def archive_of(path: Path, model: str, version: str) -> ArchiveInfo | None:
     """What `path` holds, if it is an archive of this model and version."""
     try:
         info = read_archive(path)

@@ -131,13 +131,16 @@ class ModelHandler(BaseHandler):
         """
         raise NotImplementedError
 
-    def admit(self, parts: Sequence[Instances]) -> None:
+    def admit(self, parts: list[Instances]) -> list[Instances]:
         """Refuse a request whose work would outlast its batch's time, before any preprocess (optional).
 
         Sees every part of one request (a form has one per field), so a budget counts the
         whole request. Raise PayloadTooLarge naming the limit; leave bad values to preprocess,
         which names them. A batch over TorchServe's responseTimeout fails every request in it.
+        Returns the parts preprocess sees: `parts`, or them with values admit already read
+        (an image's opened header), so no work is done twice.
         """
+        return parts
 
     def collate(self, per_request: Sequence[Any]) -> Any:
         """Join the instances of all good requests into one batch on `self.device`."""
@@ -237,9 +240,8 @@ class ModelHandler(BaseHandler):
         """Parse one request in its envelope and preprocess it: its instances, or a RequestError."""
         parsed = envelope.parse(self.signature)
         check_count(parsed.count(), self.signature.max_instances, "instances")
-        self.admit(parsed.parts)
         pieces = []
-        for part in parsed.parts:
+        for part in self.admit(parsed.parts):
             with located(part.label) if part.label else nullcontext():
                 pieces.append(self.preprocess(part))
         instances = pieces[0] if len(pieces) == 1 else join_instances(pieces)

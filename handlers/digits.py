@@ -13,13 +13,13 @@ and "probabilities" (FP32 [N, 10]).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from PIL import Image
 from torch import nn
 
 from handlers import (
@@ -39,6 +39,7 @@ from handlers.images import (
     IMAGE_TYPES,
     PILLOW_MAX_PIXELS,
     base64_bytes,
+    decode_image,
     image_header,
     open_image,
     to_digit_tensor,
@@ -68,32 +69,39 @@ class DigitsHandler(ModelHandler):
         cnn = load_weights(DigitsCNN(), model_dir / self.options.weights, mmap=self.options.mmap_weights)
         return nn.Sequential(cnn, nn.Softmax(dim=1))
 
-    def admit(self, parts: Sequence[Instances]) -> None:
+    def admit(self, parts: list[Instances]) -> list[Instances]:
         """413 when the request's images hold more than max_request_pixels, read from their headers.
 
-        Decoding is this model's cost, so the budget is checked before any image is decoded.
+        Decoding is this model's cost, so the budget is checked before any image is decoded;
+        preprocess decodes the images opened here rather than reading them again.
         """
-        pixels = sum(_header_pixels(value, part.raw) for part in parts for value in part.values)
+        opened = [replace(part, values=[self._header(value, part.raw) for value in part.values])
+                  for part in parts]
+        pixels = sum(image.width * image.height for part in opened for image in part.values
+                     if isinstance(image, Image.Image))
         check_budget(pixels, self.options.max_request_pixels, "pixels", "max_request_pixels")
+        return opened
 
     def preprocess(self, request: Instances) -> torch.Tensor:
         """Raw bodies are the image itself; JSON values are base64, and errors name the value."""
         images = []
+        draft = (8 * DIGITS_SIDE, 8 * DIGITS_SIDE)
         for value, name in zip(request.values, request.names, strict=True):
-            data = value if request.raw else base64_bytes(value, name)
+            opened = isinstance(value, Image.Image)  # by admit; if not, open_image says what is wrong
+            data = value if opened or request.raw else base64_bytes(value, name)
             with nullcontext() if request.raw else located(f"'{name}'"):
-                image = open_image(data, self.options.max_pixels, draft=(8 * DIGITS_SIDE, 8 * DIGITS_SIDE))
+                image = (decode_image(data, draft) if opened
+                         else open_image(data, self.options.max_pixels, draft))
                 images.append(to_digit_tensor(image, DIGITS_SIDE, self.options.ink))
         return torch.cat(images)
+
+    def _header(self, value: Any, raw: bool) -> Any:
+        """The image with its header read, or `value` itself when it is bad (preprocess names why)."""
+        try:
+            return image_header(value if raw else base64_bytes(value, "image"), self.options.max_pixels)
+        except RequestError:
+            return value
 
     def postprocess(self, rows: torch.Tensor) -> dict[str, Any]:
         return {"digit": rows.argmax(dim=1), "probabilities": rows}
 
-
-def _header_pixels(value: Any, raw: bool) -> int:
-    """Pixels an image's header announces; 0 for a bad value (preprocess names what is wrong)."""
-    try:
-        with image_header(value if raw else base64_bytes(value, "image"), PILLOW_MAX_PIXELS) as image:
-            return image.width * image.height
-    except RequestError:
-        return 0

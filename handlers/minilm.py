@@ -12,7 +12,6 @@ texts together hold more than `max_request_chars` characters or `max_request_tok
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,15 +95,16 @@ class MiniLMHandler(ModelHandler):
         chunk = self._pad(self.tokenizer.encode_batch(["the quick brown fox"] * size))
         return tuple(chunk[name] for name in self.NETWORK_INPUTS)
 
-    def admit(self, parts: Sequence[Instances]) -> None:
+    def admit(self, parts: list[Instances]) -> list[Instances]:
         """413 over the request's character budget (before tokenizing) or its token budget."""
         texts = [text for part in parts for text in part.values if isinstance(text, str)]
         check_budget(sum(map(len, texts)), self.options.max_request_chars, "characters", "max_request_chars")
         readable = [text for text in texts if len(text) <= self.options.max_chars and _encodable(text)]
         if len(readable) * self.options.max_length <= self.options.max_request_tokens:
-            return  # truncation keeps it within budget: no need to tokenize twice
+            return parts  # truncation keeps it within budget: no need to tokenize twice
         tokens = sum(len(encoding.ids) for encoding in self.tokenizer.encode_batch(readable))
         check_budget(tokens, self.options.max_request_tokens, "tokens", "max_request_tokens")
+        return parts
 
     def preprocess(self, request: Instances) -> list[str]:
         for text, name in zip(request.values, request.names, strict=True):

@@ -262,7 +262,12 @@ class ModelHandler(BaseHandler):
     def forward_batch(self, per_request: list[Any], expected_rows: int) -> torch.Tensor:
         """One collate and one inference for every instance; one output row each, on the CPU."""
         with torch.inference_mode():
-            rows = self.inference(self.collate(per_request)).detach().cpu()
+            return self._rows(self.collate(per_request), expected_rows)
+
+    # ---- internals ---------------------------------------------------------------
+    def _rows(self, batch: Any, expected_rows: int) -> torch.Tensor:
+        """The collated batch through `inference`: one output row per instance, on the CPU."""
+        rows = self.inference(batch).detach().cpu()
         if len(rows) != expected_rows:
             raise HandlerContractError(
                 f"{type(self).__name__}.inference returned {len(rows)} rows for "
@@ -270,7 +275,6 @@ class ModelHandler(BaseHandler):
             )
         return rows
 
-    # ---- internals ---------------------------------------------------------------
     def _read(self, index: int, item: Any, context: Any) -> Record:
         record = Record(index)
         try:
@@ -285,23 +289,32 @@ class ModelHandler(BaseHandler):
     def _infer(self, live: list[Record], instances: int, context: Any) -> None:
         """One forward pass for every live request, then each request's answer."""
         try:
-            with self.metrics.stage("inference"):
-                rows = self.forward_batch([record.instances for record in live], instances)
+            with torch.inference_mode():
+                with self.metrics.stage("collate"):
+                    batch = self.collate([record.instances for record in live])
+                with self.metrics.stage("inference"):
+                    rows = self._rows(batch, instances)
         except Exception as error:  # noqa: BLE001 - the forward pass fails every request in it
             failure = _batch_failure(error)
             for record in live:
                 self._fail(record, failure, "inference", context)
             return
         self.metrics.device_memory(self.device)
-        with self.metrics.stage("postprocess"):
-            counts = [record.count for record in live]
-            finite = _finite_rows(rows).tolist()
-            for record, record_rows, end in zip(live, torch.split(rows, counts), itertools.accumulate(counts),
-                                                strict=True):
-                self._answer(record, record_rows, all(finite[end - record.count:end]), context)
+        started, serializing = time.perf_counter(), 0.0
+        counts = [record.count for record in live]
+        finite = _finite_rows(rows).tolist()
+        for record, record_rows, end in zip(live, torch.split(rows, counts), itertools.accumulate(counts),
+                                            strict=True):
+            serializing += self._answer(record, record_rows, all(finite[end - record.count:end]), context)
+        self.metrics.add_stage("postprocess", time.perf_counter() - started - serializing)
+        self.metrics.add_stage("serialize", serializing)
 
-    def _answer(self, record: Record, rows: torch.Tensor, finite: bool, context: Any) -> None:
-        """Postprocess one request's rows and frame them in its envelope, in its own try block."""
+    def _answer(self, record: Record, rows: torch.Tensor, finite: bool, context: Any) -> float:
+        """Postprocess one request's rows and frame them in its envelope, in its own try block.
+
+        Returns the seconds json.dumps took: serialisation is its own stage in the metrics.
+        """
+        serializing = 0.0
         try:
             if not finite:
                 raise InvalidInput("the model's output for this input is not finite: its values "
@@ -311,10 +324,13 @@ class ModelHandler(BaseHandler):
             answers = self.native_answers(outputs, record.count) if record.envelope.wants_answers else []
             assert record.parsed is not None
             body = record.envelope.frame(record.parsed, outputs, answers, self.signature)
+            started = time.perf_counter()
             record.body = json.dumps(body, allow_nan=False)  # a NaN fails this request, not the JSON
+            serializing = time.perf_counter() - started
             context.set_response_content_type(record.index, "application/json")
         except Exception as error:  # noqa: BLE001 - converted to this request's status
             self._fail(record, error, "postprocess", context)
+        return serializing
 
     def _fail(self, record: Record, error: Exception, stage: str, context: Any) -> None:
         """The one place an exception becomes a response: status, reason and a JSON body."""

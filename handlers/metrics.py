@@ -62,12 +62,16 @@ class HandlerMetrics:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Time one stage of a batch (decode, inference, encode) into HandlerStageSeconds."""
+        """Time one stage of a batch (decode, collate, inference, encode) into HandlerStageSeconds."""
         start = time.perf_counter()
         try:
             yield
         finally:
-            self._add("HandlerStageSeconds", time.perf_counter() - start, name)
+            self.add_stage(name, time.perf_counter() - start)
+
+    def add_stage(self, name: str, seconds: float) -> None:
+        """One stage's time, measured by the caller (for stages interleaved request by request)."""
+        self._add("HandlerStageSeconds", seconds, name)
 
     def in_flight(self, requests: int) -> None:
         """This worker's batch in progress (0 when idle), per worker pid.

@@ -61,7 +61,7 @@ def test_handler_metrics_after_concurrent_traffic(server: Server) -> None:
     mean_batch = histogram_mean(before, after, "BatchRequests", **TABULAR)
     assert mean_batch is not None and mean_batch > 1, mean_batch  # concurrency really batched
     assert histogram_mean(before, after, "BatchInstances", **TABULAR) >= mean_batch
-    for stage in ("preprocess", "inference", "postprocess"):
+    for stage in ("preprocess", "collate", "inference", "postprocess", "serialize"):
         seconds = histogram_mean(before, after, "HandlerStageSeconds", Stage=stage, **TABULAR)
         assert seconds is not None and 0 < seconds < 1, (stage, seconds)
     assert grew("ts_inference_requests_total", model_name="tabular") == 104

@@ -242,7 +242,7 @@ def expectations(load: Load) -> dict[tuple[str, str], Callable[[Series], None]]:
 
     def stages(result: Series) -> None:
         shown = per(result, "Stage")
-        assert shown.keys() == {"preprocess", "inference", "postprocess"}, shown
+        assert shown.keys() == {"preprocess", "collate", "inference", "postprocess", "serialize"}, shown
         for stage, seconds in shown.items():
             bounds = load.ratio("HandlerStageSeconds_sum", "HandlerStageSeconds_count", Stage=stage,
                                 **tabular)

@@ -130,6 +130,6 @@ def test_metrics_declared_in_the_yaml_are_emitted_per_batch(
     assert values("HandlerResponses_total", "Status:200") == [2]
     assert values("HandlerResponses_total", "Status:400") == [1]
     assert values("HandlerErrors_total", "Kind:InvalidInput") == [1]
-    for stage in ("preprocess", "inference", "postprocess"):
+    for stage in ("preprocess", "collate", "inference", "postprocess", "serialize"):
         (seconds,) = values("HandlerStageSeconds", f"Stage:{stage}")
         assert 0 <= seconds < 5

@@ -1,7 +1,7 @@
 """Benchmark one model, every variant side by side in one run, on the same inputs.
 
     python -m scripts.measure.bench --model minilm [--concurrency 1 8 32] [--duration 15] [--quick]
-        [--variants ours unbatched plain fastapi limit] [--out results/bench]
+        [--variants ours unbatched plain fastapi litserve limit] [--out results/bench]
         [--options backend=torch backend=torch,quantize=int8 compile=true ...]
 
 Variants:
@@ -9,6 +9,9 @@ Variants:
   unbatched  the same archive registered with batchSize 1
   plain      a plain BaseHandler as TorchServe's docs show (scripts/measure/baselines/plain_handler.py)
   fastapi    one FastAPI + uvicorn process calling the model per request
+  litserve   LitServe with the YAML's batchSize and maxBatchDelay, one worker, same model code
+             (scripts/measure/baselines/litserve_app.py); paused (SIGSTOP) while the others are
+             measured, since its idle worker polls its queue every millisecond
   limit      the model called in-process at the YAML's batchSize: no HTTP, no queue
              (instances per second; the ceiling the HTTP variants can approach)
   --options  one more "ours" per argument, archived with those handler options changed
@@ -27,16 +30,18 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 import torch
 
@@ -48,7 +53,7 @@ from scripts.measure.variants import option_overrides, option_specs
 from scripts.serve.local import LocalServer, free_port, wait_until_answering
 
 logger = logging.getLogger(__name__)
-HTTP_VARIANTS = ("ours", "unbatched", "plain", "fastapi")
+HTTP_VARIANTS = ("ours", "unbatched", "plain", "fastapi", "litserve")
 ALL_VARIANTS = (*HTTP_VARIANTS, "limit")
 
 
@@ -116,24 +121,91 @@ def torchserve(settings: Settings, spec: ModelSpec, archives: dict[str, Path],
         yield server, names
 
 
+@dataclasses.dataclass(frozen=True)
+class Served:
+    """A baseline server bench.py started: where it answers, and its process group."""
+
+    url: str
+    group: int
+
+
 @contextmanager
-def fastapi_app(model: str, workdir: Path) -> Iterator[str]:
-    """uvicorn serving scripts/measure/baselines/fastapi_app.py on a free loopback port; yields its URL."""
-    port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "scripts.measure.baselines.fastapi_app:app",
-               "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1", "--log-level", "warning", "--no-access-log"]
-    with (workdir / "fastapi.log").open("wb") as log:
-        process = subprocess.Popen(command, env={**os.environ, "BENCH_MODEL": model}, stdout=log,
-                                   stderr=subprocess.STDOUT)
+def served(command: list[str], model: str, port: int, ping: str, log: Path, what: str,
+           grace: float = 30) -> Iterator[Served]:
+    """Run `command` (serving `model` on loopback `port`) in a process group of its own; yield it once
+    GET `ping` answers 200; then stop the whole group (SIGKILL after `grace` s), since a server may
+    leave worker processes behind."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env={**os.environ, "BENCH_MODEL": model}, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_answering(lambda: requests.get(f"{url}/ping", timeout=2).raise_for_status(), process,
-                             timeout=120, what=f"the FastAPI app (log: {workdir / 'fastapi.log'})")
-        yield url
+        wait_until_answering(lambda: requests.get(f"{url}{ping}", timeout=2).raise_for_status(), process,
+                             timeout=120, what=f"{what} (log: {log})")
+        yield Served(url, process.pid)
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_process_group(process, grace)
+
+
+def stop_process_group(process: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM `process`'s group (continued, in case it was paused); SIGKILL it if any member outlives
+    `grace` seconds. Waits for every member, not just the leader: LitServe's workers outlive theirs."""
+    group = process.pid
+    for signum in (signal.SIGTERM, signal.SIGCONT):
+        with suppress(ProcessLookupError):
+            os.killpg(group, signum)
+    if group_ended(process, grace):
+        return
+    logger.warning("process group %d still running %.0fs after SIGTERM: SIGKILL", group, grace)
+    with suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGKILL)
+    if not group_ended(process, 10):
+        raise RuntimeError(f"processes {group_members(group)} of group {group} survived SIGKILL")
+
+
+def group_ended(process: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Whether the leader `process` and every other member of its group ended within `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None or group_members(process.pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def group_members(group: int) -> list[int]:
+    """The live (not zombie) processes of process group `group`."""
+    found = []
+    for candidate in psutil.process_iter():
+        with suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(candidate.pid) == group and candidate.status() != psutil.STATUS_ZOMBIE:
+                found.append(candidate.pid)
+    return found
+
+
+@contextmanager
+def fastapi_app(model: str, workdir: Path) -> Iterator[Served]:
+    """uvicorn serving scripts/measure/baselines/fastapi_app.py on a free loopback port."""
+    port = free_port()
+    # asyncio and h11 pinned: what uvicorn picked before litserve brought uvloop and httptools in,
+    # so the fastapi figures stay comparable with those already published.
+    command = [sys.executable, "-m", "uvicorn", "scripts.measure.baselines.fastapi_app:app",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--loop", "asyncio",
+               "--http", "h11", "--log-level", "warning", "--no-access-log"]
+    with served(command, model, port, "/ping", workdir / "fastapi.log", "the FastAPI app") as found:
+        yield found
+
+
+@contextmanager
+def litserve_app(model: str, workdir: Path) -> Iterator[Served]:
+    """scripts/measure/baselines/litserve_app.py on a free loopback port (its /health: workers ready)."""
+    port = free_port()
+    command = [sys.executable, "-m", "scripts.measure.baselines.litserve_app", "--port", str(port)]
+    # A short grace: its worker and queue die on SIGTERM at once, and its uvicorn process would then
+    # wait its full 30 s graceful shutdown for requests still in flight that can no longer be answered.
+    with served(command, model, port, "/health", workdir / "litserve.log", "the LitServe app",
+                grace=5) as found:
+        yield found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +217,15 @@ class Endpoint:
     path: str
     metrics_url: str | None
     model_label: str | None
+    paused_group: int | None = None  # a process group stopped while the other variants are measured
+
+
+def focus(endpoints: list[Endpoint], active: Endpoint | None) -> None:
+    """Continue `active`'s paused group and stop every other one (None: continue them all), so a
+    server that polls while idle (LitServe) takes no CPU from the variant being measured."""
+    for endpoint in endpoints:
+        if endpoint.paused_group is not None:
+            os.killpg(endpoint.paused_group, signal.SIGCONT if active in (None, endpoint) else signal.SIGSTOP)
 
 
 def measure_all(settings: Settings, endpoints: list[Endpoint], bodies: Path,
@@ -156,6 +237,7 @@ def measure_all(settings: Settings, endpoints: list[Endpoint], bodies: Path,
     """
     print(f"==> warming up every endpoint for {settings.jvm_warmup:g}s", flush=True)
     for endpoint in endpoints if settings.jvm_warmup > 0 else []:
+        focus(endpoints, endpoint)
         run_load(endpoint.host, endpoint.path, bodies, max(settings.concurrency), settings.jvm_warmup,
                  workdir)
     rows = []
@@ -163,6 +245,7 @@ def measure_all(settings: Settings, endpoints: list[Endpoint], bodies: Path,
         rounds: dict[str, list[LoadResult]] = {endpoint.variant: [] for endpoint in endpoints}
         for number in range(settings.rounds):
             for endpoint in endpoints:
+                focus(endpoints, endpoint)
                 if settings.warmup > 0:
                     run_load(endpoint.host, endpoint.path, bodies, users, settings.warmup, workdir)
                 result = run_load(endpoint.host, endpoint.path, bodies, users, settings.duration, workdir,
@@ -175,6 +258,7 @@ def measure_all(settings: Settings, endpoints: list[Endpoint], bodies: Path,
                       f"locust CPU {100 * result.locust_cpu:.0f}%", flush=True)
         rows += [{"variant": variant, "concurrency": users, **median_result(results)}
                  for variant, results in rounds.items()]
+    focus(endpoints, None)
     return rows
 
 
@@ -210,8 +294,14 @@ def run(settings: Settings) -> dict[str, Any]:
                                               server.metrics_url, name if variant != "plain" else None)
         if "fastapi" in settings.variants:
             print("==> starting the FastAPI app", flush=True)
-            url = stack.enter_context(fastapi_app(settings.model, workdir))
-            endpoints["fastapi"] = Endpoint("fastapi", url, f"/predictions/{settings.model}", None, None)
+            found = stack.enter_context(fastapi_app(settings.model, workdir))
+            endpoints["fastapi"] = Endpoint("fastapi", found.url, f"/predictions/{settings.model}", None,
+                                            None)
+        if "litserve" in settings.variants:
+            print("==> starting the LitServe app", flush=True)
+            found = stack.enter_context(litserve_app(settings.model, workdir))
+            endpoints["litserve"] = Endpoint("litserve", found.url, f"/predictions/{settings.model}", None,
+                                             None, paused_group=found.group)
         options = [variant for variant in endpoints if variant.startswith("ours+")]
         wanted = [*(v for v in settings.variants if v == "ours"), *options,
                   *(v for v in settings.variants if v != "ours")]
@@ -250,7 +340,7 @@ def ratios(rows: list[dict[str, Any]], limit: dict[str, Any] | None) -> dict[str
     found: dict[str, float] = {}
     if "ours" in at_top and limit:
         found["ours_over_limit"] = at_top["ours"] / limit["instances_per_second"]
-    for other in ("unbatched", "plain", "fastapi"):
+    for other in ("unbatched", "plain", "fastapi", "litserve"):
         if "ours" in at_top and at_top.get(other):
             found[f"ours_over_{other}"] = at_top["ours"] / at_top[other]
     for variant in at_top:

@@ -2,8 +2,9 @@
 
     python -m scripts.measure.bench_check [--baseline configs/bench-baseline.json] [--update]
 
-Ratios (ours / in-process limit, batched / batchSize 1) are measured side by side
-in one run, so they travel between machines far better than raw throughput.
+Ratios (ours / in-process limit, batched / batchSize 1, ours / LitServe) are measured
+side by side in one run, so they travel between machines far better than raw throughput.
+Every ratio the baseline names is printed and guarded.
 `--update` rewrites the baseline with the median of three fresh runs (commit it
 deliberately): one quick run on a shared 2-core machine can be 15% off.
 """

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from scripts.measure.bench import median_result, ratios
+import importlib
+import inspect
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from scripts.measure.bench import group_members, median_result, ratios, stop_process_group
 from scripts.measure.bench_check import regressions
 from scripts.measure.loadgen import LoadResult
 from scripts.measure.tune import best, recommendation_yaml
@@ -26,6 +37,83 @@ def test_ratios_use_the_highest_concurrency() -> None:
             {"variant": "plain", "concurrency": 32, "throughput": 100}]
     found = ratios(rows, {"instances_per_second": 100.0})
     assert found == {"ours_over_limit": 0.9, "ours_over_unbatched": 3.0, "ours_over_plain": 0.9}
+
+
+def test_ratios_compare_ours_with_litserve_at_the_top_concurrency() -> None:
+    rows = [{"variant": "ours", "concurrency": 8, "throughput": 120},
+            {"variant": "litserve", "concurrency": 8, "throughput": 80},
+            {"variant": "litserve", "concurrency": 1, "throughput": 300}]
+    assert ratios(rows, None) == {"ours_over_litserve": 1.5}
+    assert "ours_over_litserve" not in ratios([*rows, {"variant": "litserve", "concurrency": 32,
+                                                        "throughput": 0}], None)
+
+
+@pytest.fixture
+def torch_threads() -> Iterator[None]:
+    """LitAPI.setup sets torch's threads for the whole process: put them back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_litserve_app_answers_tabular_as_the_fastapi_app_does(monkeypatch: pytest.MonkeyPatch,
+                                                              torch_threads: None) -> None:
+    from scripts.measure.baselines.litserve_app import BenchAPI, server
+    from scripts.measure.loadgen import workload
+
+    monkeypatch.setenv("BENCH_MODEL", "tabular")
+    fastapi_app = importlib.import_module("scripts.measure.baselines.fastapi_app")
+    assert fastapi_app.KIND == "tabular"
+    api = BenchAPI("tabular")
+    assert (api.max_batch_size, api.batch_timeout, api.api_path) == (16, 0.01, "/predictions/tabular")
+    api.setup("cpu")
+    assert torch.get_num_threads() == 1  # configs/models/tabular.yaml: handler threads 1, as ours
+    bodies = workload("tabular").bodies[:3]
+    # FastAPI hands LitServe an application/json body parsed, as fastapi_app's json.loads does.
+    decoded = [api.decode_request(json.loads(body)) for body in bodies]
+    answers = [api.encode_response(output) for output in api.unbatch(api.predict(api.batch(decoded)))]
+    expected = [fastapi_app._answer(body) for body in bodies]
+    assert answers == expected and expected[0]["label"] in ("malignant", "benign")
+    assert json.dumps(answers[0]) == json.dumps(expected[0])
+    # The route reads the body (JSON parsed, anything else raw bytes), not a Request it would .json().
+    (route,) = [r for r in server("tabular").app.routes if getattr(r, "path", "") == "/predictions/tabular"]
+    assert route.body_field is not None and route.methods == {"POST"}
+
+
+def test_litserve_app_reads_images_raw_and_json_parsed() -> None:
+    """LitServe builds its route from decode_request's annotation: digits' PNG bodies must arrive as bytes."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from scripts.measure.baselines.litserve_app import BenchAPI
+    from scripts.measure.loadgen import workload
+
+    annotation = inspect.signature(BenchAPI.decode_request).parameters["request"].annotation
+    app = FastAPI()
+
+    async def echo(request: Any) -> dict[str, Any]:
+        return {"type": type(request).__name__, "size": len(request)}
+
+    echo.__annotations__ = {"request": annotation}  # objects, not this module's postponed strings
+    app.add_api_route("/predictions/any", echo, methods=["POST"])
+    client = TestClient(app)
+    for model, expected in (("digits", "bytes"), ("tabular", "dict")):
+        load = workload(model)
+        answer = client.post("/predictions/any", content=load.bodies[0],
+                             headers={"Content-Type": load.content_type}).json()
+        assert answer["type"] == expected
+        assert model != "digits" or answer["size"] == len(load.bodies[0])
+
+
+def test_stop_process_group_leaves_no_member_running() -> None:
+    # The leader dies on SIGTERM; its child ignores SIGTERM and needs the SIGKILL after the grace.
+    process = subprocess.Popen(["sh", "-c", "(trap '' TERM; exec sleep 60) & wait"], start_new_session=True)
+    deadline = time.monotonic() + 5
+    while len(group_members(process.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(group_members(process.pid)) == 2
+    stop_process_group(process, grace=1)
+    assert process.returncode is not None and group_members(process.pid) == []
 
 
 def test_regressions_flag_only_drops_beyond_the_tolerance() -> None:

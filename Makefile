@@ -11,13 +11,14 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 MODEL_CONFIGS := $(wildcard configs/models/*.yaml)
 TS_CONFIG     ?= configs/local.properties
 MODEL         ?= minilm
-P99_MS        ?= 250
+P99_MS        ?=
+CONCURRENCY   ?= 32
 # `make bench-options`: each a handler-option variant measured beside the YAML's own settings.
 OPTIONS       ?= backend=torch backend=onnx backend=torch,quantize=int8 backend=torch,compile=true \
                  backend=torch,static_shapes=true
 
 .PHONY: help install install-dev java models archive serve stop test test-unit test-e2e lint clean bench tune \
-        bench-check bench-options coldstart memory status rollout rollback image test-image
+        bench-check bench-options breakdown coldstart memory status rollout rollback image test-image
 
 help:
 	@echo "make serve   install what serving needs, build the example models and archives, start TorchServe"
@@ -25,7 +26,8 @@ help:
 	@echo "make stop    drain (accepted requests finish), then stop the TorchServe that 'make serve' started"
 	@echo "make test-unit / make test-e2e                 one half of the suite"
 	@echo "make bench MODEL=minilm [BENCH_ARGS=--quick]   benchmark one model (results/bench/)"
-	@echo "make tune MODEL=minilm P99_MS=250              sweep batch settings, recommend one"
+	@echo "make tune MODEL=minilm [P99_MS=500]            batch settings at 1, 8, 32 clients; recommend the one that never costs"
+	@echo "make breakdown MODEL=minilm [CONCURRENCY=32]   where a request's time goes: queue, stages, CPU, profile"
 	@echo "make bench-check                               quick run vs configs/bench-baseline.json"
 	@echo "make bench-options MODEL=minilm [OPTIONS=...]  each speed option beside the YAML's settings"
 	@echo "make coldstart                                 first request after READY, warm-up on/off"
@@ -116,7 +118,10 @@ bench: install-dev models
 	$(PY) -m scripts.measure.bench --model $(MODEL) $(BENCH_ARGS)
 
 tune: install-dev models
-	$(PY) -m scripts.measure.tune --model $(MODEL) --p99-budget-ms $(P99_MS) $(TUNE_ARGS)
+	$(PY) -m scripts.measure.tune --model $(MODEL) $(if $(P99_MS),--p99-budget-ms $(P99_MS)) $(TUNE_ARGS)
+
+breakdown: install-dev models
+	$(PY) -m scripts.measure.breakdown --model $(MODEL) --concurrency $(CONCURRENCY) $(BREAKDOWN_ARGS)
 
 bench-check: install-dev models
 	$(PY) -m scripts.measure.bench_check

@@ -73,6 +73,8 @@ class LoadResult:
     p99_ms: float
     locust_cpu: float  # share of the whole machine's CPU the load generator used (0..1)
     mean_batch: float | None  # requests per forward pass, from our BatchRequests metric
+    mean_ms: float = math.nan  # mean latency, as locust reports it
+    wall_s: float = math.nan  # how long locust ran, start to exit
 
 
 def run_load(host: str, path: str, bodies_file: Path, users: int, seconds: float, workdir: Path,
@@ -111,6 +113,7 @@ def run_load(host: str, path: str, bodies_file: Path, users: int, seconds: float
         requests=int(row["Request Count"]), failures=int(row["Failure Count"]),
         throughput=float(row["Requests/s"]), p50_ms=_ms(row["50%"]), p95_ms=_ms(row["95%"]),
         p99_ms=_ms(row["99%"]), locust_cpu=cpu / (wall * (os.cpu_count() or 1)), mean_batch=mean_batch,
+        mean_ms=float(row["Average Response Time"]), wall_s=wall,
     )
 
 

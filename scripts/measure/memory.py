@@ -1,10 +1,12 @@
-"""Resident memory of 1, 2 and 4 workers of one model: memory-mapped weights against private copies.
+"""Resident memory of 1, 2 and 4 workers of one model, per engine: memory-mapped weights against
+private copies, and ONNX Runtime.
 
     python -m scripts.measure.memory [--model minilm] [--workers 1 2 4] [--out results/memory]
+        [--variants backend=torch,mmap_weights=true backend=torch,mmap_weights=false backend=onnx]
 
-For `mmap_weights: true` (the default) and `false`, with the torch backend (an
-ONNX Runtime session keeps its own copy of the weights), the model is registered on a
-private TorchServe and scaled to each worker count; after a few requests, every
+For each variant (handler options; by default the torch backend with `mmap_weights`
+true and false, and ONNX Runtime, whose session keeps its own copy of the weights), the
+model is registered on a private TorchServe and scaled to each worker count; after a few requests, every
 worker process's RSS, PSS and USS are read from /proc (psutil). PSS splits each
 shared page between the processes that map it, so the PSS sum is the physical
 memory the workers cost together; the RSS sum counts shared pages once per worker.
@@ -52,14 +54,16 @@ def measure(server: LocalServer, name: str, model: str) -> dict[str, Any]:
             "uss_mb_each": [round(f.uss / MB, 1) for f in figures]}
 
 
-def run(model: str, worker_counts: list[int]) -> dict[str, Any]:
+VARIANTS = ("backend=torch,mmap_weights=true", "backend=torch,mmap_weights=false", "backend=onnx")
+
+
+def run(model: str, worker_counts: list[int], options: tuple[str, ...] = VARIANTS) -> dict[str, Any]:
     spec = load_spec(CONFIG_DIR / f"{model}.yaml")
     weights = next(file for file in spec.files if file.suffix == ".safetensors")
     rows = []
     with tempfile.TemporaryDirectory(prefix="memory-") as tmp:
         workdir, store = Path(tmp), Path(tmp) / "store"
-        # The torch backend: ONNX Runtime sessions own their weights (one copy per worker).
-        variants = option_specs(spec, ("backend=torch,mmap_weights=true", "backend=torch,mmap_weights=false"))
+        variants = option_specs(spec, options)
         for variant in variants.values():
             print(f"==> archiving {variant.name}", flush=True)
             build_archive(variant, store)
@@ -71,7 +75,7 @@ def run(model: str, worker_counts: list[int]) -> dict[str, Any]:
                                     max_batch_delay=int(spec.model_config.get("maxBatchDelay", 100)),
                                     workers=workers)
                     try:
-                        found = {"variant": label.removeprefix("ours+backend=torch,"),
+                        found = {"variant": label.removeprefix("ours+").removeprefix("backend=torch,"),
                                  **measure(server, variant.name, model)}
                     finally:
                         server.unregister(variant.name)
@@ -101,10 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="handler options of each variant measured")
     parser.add_argument("--out", type=Path, default=Path("results/memory"))
     args = parser.parse_args(argv)
     started = time.monotonic()
-    result = run(args.model, args.workers)
+    result = run(args.model, args.workers, tuple(args.variants))
     save_results(args.out, result, report(result), started)
     return 0
 

@@ -1,12 +1,20 @@
-"""Sweep batchSize x maxBatchDelay x workers for one model and recommend the best config.
+"""Sweep batchSize x maxBatchDelay x workers for one model at several loads; recommend the setting
+that costs least at every one of them.
 
-    python -m scripts.measure.tune --model minilm --p99-budget-ms 200 [--concurrency 32]
-        [--batch-sizes 1 4 8 16] [--delays 5 20 50] [--workers 1 2] [--duration 8] [--quick]
+    python -m scripts.measure.tune --model minilm [--concurrency 1 8 32] [--p99-budget-ms 500]
+        [--batch-sizes 1 8 16] [--delays 1 2 10] [--workers 1] [--rounds 2] [--duration 6] [--quick]
 
-Every combination is registered on one private TorchServe (the model's archive
-under another name, with `batch_size`, `max_batch_delay` and a worker count),
-warmed up and measured with locust at the target concurrency. The recommendation
-is the highest throughput whose p99 stays within the budget (with no errors).
+Every combination is registered at once on one private TorchServe (the model's
+archive under another name, with `batch_size`, `max_batch_delay` and a worker
+count) and measured with locust at each concurrency, in interleaved rounds
+(A B C, A B C, ...), so drifts on a shared machine spread over all of them.
+Each cell is the median over the rounds.
+
+The load profile is "any of these concurrencies": a setting's score is its
+worst ratio to the best setting measured at the same concurrency, and the
+recommendation is the highest score among settings without errors whose p99 stays
+within the budget (when one is given) at every concurrency. A setting that wins at
+32 clients but makes one client wait for a batch that never fills scores low.
 The table is printed; the recommendation goes to results/tune/MODEL/recommendation.yaml
 as a `model_config` snippet to copy into configs/models/MODEL.yaml. Configs are
 never rewritten.
@@ -17,7 +25,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import statistics
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,95 +46,145 @@ class Combination:
     max_batch_delay: int
     workers: int
 
-
-def best(rows: list[dict[str, Any]], budget_ms: float) -> dict[str, Any] | None:
-    """The highest-throughput row whose p99 is within budget and which had no errors."""
-    within = [row for row in rows if row["p99_ms"] <= budget_ms and row["failures"] == 0]
-    return max(within, key=lambda row: row["throughput"], default=None)
+    @property
+    def label(self) -> str:
+        return f"{self.batch_size} / {self.max_batch_delay} ms / {self.workers}w"
 
 
-def recommendation_yaml(model: str, row: dict[str, Any], budget_ms: float, concurrency: int) -> str:
-    snippet = {"model_config": {"batchSize": row["batch_size"], "maxBatchDelay": row["max_batch_delay"],
-                                "minWorkers": row["workers"], "maxWorkers": row["workers"]}}
-    return (f"# make tune MODEL={model}: best throughput with p99 <= {budget_ms:g} ms at {concurrency} "
-            f"concurrent clients\n# measured {row['throughput']:.1f} req/s, p99 {row['p99_ms']:.0f} ms. "
-            f"Copy these keys into configs/models/{model}.yaml.\n" + yaml.safe_dump(snippet, sort_keys=False))
+def cell(results: list[LoadResult]) -> dict[str, Any]:
+    """One combination at one concurrency: each figure's median over the rounds, errors summed."""
+    median = statistics.median
+    batches = [r.mean_batch for r in results if r.mean_batch is not None]
+    return {"throughput": median(r.throughput for r in results), "p50_ms": median(r.p50_ms for r in results),
+            "p99_ms": median(r.p99_ms for r in results), "failures": sum(r.failures for r in results),
+            "mean_batch": median(batches) if batches else None,
+            "rounds_throughput": [round(r.throughput, 1) for r in results]}
+
+
+def score(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each combination's ratio to the best at every concurrency, and its worst ratio (the score)."""
+    best = {c: max(row["cells"][c]["throughput"] for row in rows) for c in rows[0]["cells"]}
+    for row in rows:
+        row["ratios"] = {c: row["cells"][c]["throughput"] / best[c] for c in best}
+        row["score"] = min(row["ratios"].values())
+    return rows
+
+
+def best(rows: list[dict[str, Any]], budget_ms: float | None) -> dict[str, Any] | None:
+    """The highest-scoring combination without errors whose p99 is within budget at every load."""
+    def fits(row: dict[str, Any]) -> bool:
+        cells = row["cells"].values()
+        return all(c["failures"] == 0 and (budget_ms is None or c["p99_ms"] <= budget_ms) for c in cells)
+
+    return max((row for row in rows if fits(row)), key=lambda row: row["score"], default=None)
+
+
+def recommendation_yaml(model: str, row: dict[str, Any], budget_ms: float | None) -> str:
+    combo = row["combination"]
+    snippet = {"model_config": {"batchSize": combo["batch_size"], "maxBatchDelay": combo["max_batch_delay"],
+                                "minWorkers": combo["workers"], "maxWorkers": combo["workers"]}}
+    loads = ", ".join(f"{c} clients {cell['throughput']:.1f} req/s "
+                      f"({100 * row['ratios'][c]:.0f}% of the best)" for c, cell in row["cells"].items())
+    budget = f", p99 <= {budget_ms:g} ms at every load" if budget_ms is not None else ""
+    return (f"# make tune MODEL={model}: the setting whose worst ratio to the best at each load is highest"
+            f"{budget}\n# measured: {loads}. Copy these keys into configs/models/{model}.yaml.\n"
+            + yaml.safe_dump(snippet, sort_keys=False))
 
 
 def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
     spec = load_spec(CONFIG_DIR / f"{args.model}.yaml")
     grid = itertools.product(args.batch_sizes, args.delays, args.workers)
-    combos = [Combination(*values) for values in grid]
-    rows: list[dict[str, Any]] = []
+    # batchSize 1 never waits, whatever the delay: one setting, not one per delay
+    combos = list(dict.fromkeys(Combination(b, d if b > 1 else 0, w) for b, d, w in grid))
+    measured: dict[tuple[Combination, int], list[LoadResult]] = {}
     with tempfile.TemporaryDirectory(prefix=f"tune-{args.model}-") as tmp:
         workdir = Path(tmp)
         bodies = workload(args.model).write(workdir / "bodies.json")
         print(f"==> building {spec.name}.mar and starting TorchServe", flush=True)
         build_archive(spec, workdir / "store")
         with LocalServer.start(workdir / "server", workdir / "store", []) as server:
+            names = {}
             for number, combo in enumerate(combos, 1):
-                name = f"{spec.name}_tune{number}"
-                server.register(f"{spec.name}.mar", name, combo.batch_size, combo.max_batch_delay,
+                names[combo] = f"{spec.name}_tune{number}"
+                print(f"    registering {combo.label} as {names[combo]}", flush=True)
+                server.register(f"{spec.name}.mar", names[combo], combo.batch_size, combo.max_batch_delay,
                                 combo.workers)
-                try:
-                    path = f"/predictions/{name}"
-                    run_load(server.inference_url, path, bodies, args.concurrency, args.warmup, workdir)
-                    result: LoadResult = run_load(server.inference_url, path, bodies, args.concurrency,
-                                                  args.duration, workdir, server.metrics_url, name)
-                finally:
-                    server.unregister(name)
-                row = {**asdict(combo), **asdict(result)}
-                rows.append(row)
-                batch = f"{result.mean_batch:.1f}" if result.mean_batch else "n/a"
-                print(f"[{number}/{len(combos)}] batch {combo.batch_size:>3} "
-                      f"delay {combo.max_batch_delay:>3} ms workers {combo.workers}: "
-                      f"{result.throughput:8.1f} req/s  p50 {result.p50_ms:6.0f} ms  "
-                      f"p99 {result.p99_ms:6.0f} ms  errors {result.failures}  mean batch {batch}",
-                      flush=True)
-    return rows
+            print(f"==> warming up every setting for {args.warmup:g}s", flush=True)
+            for combo in combos:
+                run_load(server.inference_url, f"/predictions/{names[combo]}", bodies,
+                         max(args.concurrency), args.warmup, workdir)
+            for users, number in itertools.product(args.concurrency, range(1, args.rounds + 1)):
+                for combo in combos:
+                    path = f"/predictions/{names[combo]}"
+                    result = run_load(server.inference_url, path, bodies, users, args.duration, workdir,
+                                      server.metrics_url, names[combo])
+                    measured.setdefault((combo, users), []).append(result)
+                    batch = f"{result.mean_batch:.1f}" if result.mean_batch else "n/a"
+                    print(f"    round {number} c={users:<3} {combo.label:<18} "
+                          f"{result.throughput:8.1f} req/s"
+                          f"  p50 {result.p50_ms:6.1f} ms  p99 {result.p99_ms:6.1f} ms  "
+                          f"errors {result.failures}  batch {batch}", flush=True)
+    rows = [{"combination": asdict(combo), "label": combo.label,
+             "cells": {users: cell(measured[combo, users]) for users in args.concurrency}}
+            for combo in combos]
+    return score(rows)
+
+
+def table(rows: list[dict[str, Any]], concurrency: list[int]) -> str:
+    head = " | ".join(f"c={c} req/s | c={c} p99 ms" for c in concurrency)
+    lines = [f"| batchSize / maxBatchDelay / workers | {head} | worst ratio to the best |",
+             "| --- | " + " | ".join("---: | ---:" for _ in concurrency) + " | ---: |"]
+    for row in sorted(rows, key=lambda r: -r["score"]):
+        cells = " | ".join(f"{row['cells'][c]['throughput']:.1f} ({100 * row['ratios'][c]:.0f}%) | "
+                           f"{row['cells'][c]['p99_ms']:.0f}" for c in concurrency)
+        errors = sum(cell["failures"] for cell in row["cells"].values())
+        lines.append(f"| {row['label']}{f' ({errors} errors)' if errors else ''} | {cells} | "
+                     f"{row['score']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--model", default="minilm")
-    parser.add_argument("--p99-budget-ms", type=float, required=True, help="the latency budget")
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--p99-budget-ms", type=float,
+                        help="the latency budget at every load (default: none)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32],
+                        help="the loads of the profile (default 1 8 32)")
     parser.add_argument("--batch-sizes", type=int, nargs="+")
     parser.add_argument("--delays", type=int, nargs="+", help="maxBatchDelay values in ms")
     parser.add_argument("--workers", type=int, nargs="+")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds per cell, median kept (default 2)")
     parser.add_argument("--duration", type=float)
     parser.add_argument("--quick", action="store_true", help="a small grid and short runs")
     parser.add_argument("--out", type=Path, default=Path("results/tune"))
     args = parser.parse_args(argv)
-    args.batch_sizes = args.batch_sizes or ([1, 16] if args.quick else [1, 4, 8, 16])
-    args.delays = args.delays or ([10] if args.quick else [5, 20, 50])
-    args.workers = args.workers or ([1] if args.quick else [1, 2])
-    args.duration = args.duration or (4.0 if args.quick else 8.0)
-    args.warmup = 2.0
+    args.batch_sizes = args.batch_sizes or ([1, 16] if args.quick else [1, 8, 16])
+    args.delays = args.delays or ([1] if args.quick else [1, 2, 10])
+    args.workers = args.workers or [1]
+    args.rounds = args.rounds or (1 if args.quick else 2)
+    args.duration = args.duration or (4.0 if args.quick else 6.0)
+    args.warmup = 5.0
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
     args = parse_args(argv)
     rows = sweep(args)
     out = args.out / args.model
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print("\n| batchSize | maxBatchDelay | workers | req/s | p50 ms | p99 ms | errors | mean batch |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for row in sorted(rows, key=lambda r: -r["throughput"]):
-        batch = f"{row['mean_batch']:.1f}" if row["mean_batch"] else "n/a"
-        print(f"| {row['batch_size']} | {row['max_batch_delay']} | {row['workers']} | "
-              f"{row['throughput']:.1f} | "
-              f"{row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['failures']} | {batch} |")
+    (out / "sweep.json").write_text(json.dumps({"concurrency": args.concurrency, "rounds": args.rounds,
+                                                "duration_s": args.duration, "rows": rows}, indent=2) + "\n")
+    print("\n" + table(rows, args.concurrency))
     chosen = best(rows, args.p99_budget_ms)
     if chosen is None:
-        print(f"\nno combination kept p99 within {args.p99_budget_ms:g} ms without errors; "
-              "raise the budget, lower --concurrency or add workers")
+        print("no combination ran without errors and within the p99 budget at every load; "
+              "raise the budget, drop a concurrency or add workers")
         return 1
-    text = recommendation_yaml(args.model, chosen, args.p99_budget_ms, args.concurrency)
+    text = recommendation_yaml(args.model, chosen, args.p99_budget_ms)
     (out / "recommendation.yaml").write_text(text)
-    print(f"\nrecommended (written to {out / 'recommendation.yaml'}):\n{text}")
+    print(f"recommended (written to {out / 'recommendation.yaml'}):\n{text}")
+    print(f"wrote {out}/ in {time.monotonic() - started:.0f}s")
     return 0
 
 

@@ -36,10 +36,15 @@ def test_bench_reports_every_variant(tmp_path: Path) -> None:
 
 
 def test_tune_writes_a_recommendation(tmp_path: Path) -> None:
-    code = tune.main(["--model", "tabular", "--p99-budget-ms", "10000", "--concurrency", "4",
+    code = tune.main(["--model", "tabular", "--p99-budget-ms", "10000", "--concurrency", "1", "4",
                       "--batch-sizes", "1", "4", "--delays", "5", "--workers", "1", "--duration", "1.5",
-                      "--out", str(tmp_path)])
+                      "--rounds", "1", "--out", str(tmp_path)])
     assert code == 0
     recommendation = yaml.safe_load((tmp_path / "tabular" / "recommendation.yaml").read_text())
     assert recommendation["model_config"]["batchSize"] in (1, 4)
-    assert len(json.loads((tmp_path / "tabular" / "sweep.json").read_text())) == 2
+    rows = json.loads((tmp_path / "tabular" / "sweep.json").read_text())["rows"]
+    assert [row["label"] for row in rows] == ["1 / 0 ms / 1w", "4 / 5 ms / 1w"]
+    for row in rows:  # every setting measured at both loads, and scored by its worse ratio
+        assert set(row["cells"]) == {"1", "4"} and all(c["throughput"] > 0 for c in row["cells"].values())
+        assert row["score"] == min(row["ratios"].values()) <= 1.0
+    assert max(row["score"] for row in rows) > 0

@@ -16,7 +16,7 @@ import torch
 from scripts.measure.bench import group_members, median_result, ratios, stop_process_group
 from scripts.measure.bench_check import regressions
 from scripts.measure.loadgen import LoadResult
-from scripts.measure.tune import best, recommendation_yaml
+from scripts.measure.tune import best, recommendation_yaml, score
 
 
 def result(throughput: float, p99: float = 10.0, batch: float | None = None) -> LoadResult:
@@ -122,16 +122,27 @@ def test_regressions_flag_only_drops_beyond_the_tolerance() -> None:
     assert problems == ["b: 1.500 is more than 20% below the baseline 2.000", "c: not measured"]
 
 
-def test_tune_picks_the_fastest_config_within_budget_and_without_errors() -> None:
-    keys = ("batch_size", "max_batch_delay", "workers", "throughput", "p99_ms", "failures")
-    rows = [dict(zip(keys, values, strict=True)) for values in (
-        (16, 50, 1, 500, 400, 0),  # fastest, but over budget
-        (8, 20, 1, 300, 150, 0),   # the answer
-        (8, 5, 2, 350, 120, 3),    # within budget, but with errors
-        (1, 5, 1, 100, 90, 0),
-    )]
-    chosen = best(rows, budget_ms=200)
-    assert chosen is not None and (chosen["batch_size"], chosen["max_batch_delay"]) == (8, 20)
-    assert best(rows, budget_ms=50) is None
-    text = recommendation_yaml("minilm", chosen, 200, 32)
-    assert "batchSize: 8\n  maxBatchDelay: 20\n  minWorkers: 1\n  maxWorkers: 1" in text
+def _tune_row(batch_size: int, delay: int, cells: dict[int, tuple[float, float, int]]) -> dict[str, Any]:
+    """One swept setting: concurrency -> (req/s, p99 ms, errors)."""
+    return {"combination": {"batch_size": batch_size, "max_batch_delay": delay, "workers": 1},
+            "label": f"{batch_size} / {delay}",
+            "cells": {c: {"throughput": t, "p99_ms": p99, "failures": errors}
+                      for c, (t, p99, errors) in cells.items()}}
+
+
+def test_tune_picks_the_setting_whose_worst_load_costs_least() -> None:
+    rows = score([
+        _tune_row(16, 10, {1: (70, 20, 0), 32: (2800, 18, 0)}),   # best at 32, 0.13 of the best at 1
+        _tune_row(16, 1, {1: (290, 5, 0), 32: (2750, 35, 0)}),    # the answer: 0.54 at 1, 0.98 at 32
+        _tune_row(1, 0, {1: (540, 3, 0), 32: (620, 80, 0)}),      # best at 1, 0.22 at 32
+        _tune_row(8, 1, {1: (300, 5, 2), 32: (2790, 30, 0)}),     # would win, but had errors
+    ])
+    assert [round(row["score"], 2) for row in rows] == [0.13, 0.54, 0.22, 0.56]
+    chosen = best(rows, budget_ms=None)
+    assert chosen is not None and chosen["label"] == "16 / 1"
+    assert best(rows, budget_ms=50)["label"] == "16 / 1"  # type: ignore[index]
+    assert best(rows, budget_ms=20)["label"] == "16 / 10"  # type: ignore[index]  # alone within 20 ms
+    assert best(rows, budget_ms=10) is None
+    text = recommendation_yaml("tabular", chosen, None)
+    assert "batchSize: 16\n  maxBatchDelay: 1\n  minWorkers: 1\n  maxWorkers: 1" in text
+    assert "1 clients 290.0 req/s (54% of the best)" in text

@@ -47,19 +47,23 @@ STAGE_LABELS = {"preprocess": "decode (parse, validate)", "collate": "collate (t
                 "inference": "inference (the engine)", "postprocess": "encode (rows to answers)",
                 "serialize": "serialize (json.dumps)"}
 # Profile buckets: the first rule that matches a frame, walking from the innermost frame outward.
-# A frame reads "function (path:line)" in py-spy's collapsed output.
-PROFILE_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("idle (waiting for the frontend)", re.compile(r"^(recv|recv_into|_recv|accept|select|poll|read) ")),
-    ("serialize (json.dumps)", re.compile(r"json/encoder\.py|^dumps \(json")),
-    ("metrics and logging", re.compile(r"handlers/metrics\.py|logging/__init__\.py")),
-    ("inference (the engine)", re.compile(r"handlers/engines\.py|handlers/architectures\.py|"
-                                          r"transformers/|torch/nn/|^_embed |^inference ")),
-    ("collate (tokenization, padding)", re.compile(r"^(collate|_pad|_similar_length_chunks) ")),
-    ("encode (rows to answers)", re.compile(r"^(_answer|postprocess|native_answers|frame|per_instance) ")),
-    ("decode (parse, validate)", re.compile(r"^(_read|read|admit|preprocess|parse|open_envelope) ")),
-    ("TorchServe worker (framing, IPC)", re.compile(r"ts/protocol/|ts/service\.py|model_service_worker\.py|"
-                                                    r"ts/context\.py")),
+# A frame reads "Class.function (path:line)" (or "function (path:line)") in py-spy's collapsed output.
+_OURS = r"^(\w+\.)?({}) \("  # one of our functions, with or without its class
+_RULES = (
+    # TorchServe's worker blocks in _retrieve_buffer (socket recv, a C call) until the next batch arrives.
+    ("idle (waiting for the next batch)", r"^_retrieve_buffer \(ts/protocol/otf_message_handler"),
+    ("serialize (json.dumps)", r"json/encoder\.py|^dumps \(json"),
+    ("metrics and logging", r"handlers/metrics\.py|logging/__init__\.py"),
+    ("inference (the engine)", r"handlers/engines\.py|handlers/architectures\.py|transformers/|torch/nn/|"
+                               + _OURS.format("_embed|inference")),
+    ("collate (tokenization, padding)", _OURS.format("collate|_pad|_similar_length_chunks")),
+    ("encode (rows to answers)", _OURS.format("_answer|postprocess|native_answers|frame|"
+                                              "per_instance")),
+    ("decode (parse, validate)", _OURS.format("_read|read|admit|preprocess|parse|open_envelope")),
+    ("TorchServe worker (framing, IPC)", r"ts/protocol/|ts/service\.py|model_service_worker\.py|"
+                                         r"ts/context\.py"),
 )
+PROFILE_RULES = tuple((label, re.compile(pattern)) for label, pattern in _RULES)
 
 
 def classify(frames: list[str]) -> str:
@@ -169,13 +173,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             after = scrape(server.metrics_url)
             if spy is not None:
                 spy.wait(timeout=args.duration + 60)
-            shares = profile_shares(profile_file.read_text()) if profile_file.exists() else {}
+            collapsed = profile_file.read_text() if profile_file.exists() else ""
+    shares = profile_shares(collapsed)
     return {"model": args.model, "options": args.options, "concurrency": args.concurrency,
             "load_average_before": load_before,
             "duration_s": args.duration, "config": dict(spec.model_config),
             "throughput": result.throughput, "requests": result.requests, "failures": result.failures,
             "latency_ms": latency_rows(before, after, spec.name, result),
-            "cpu_seconds": cpu, "profile_shares": shares}
+            "cpu_seconds": cpu, "profile_shares": shares, "profile": collapsed}
 
 
 def _start_profiler(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
@@ -232,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     found = measure(args)
     suffix = f"-{re.sub(r'[^A-Za-z0-9]+', '_', args.options)}" if args.options else ""
-    save_results(args.out / f"{args.model}{suffix}", found, report_text(found), started)
+    out = args.out / f"{args.model}{suffix}-c{args.concurrency}"
+    collapsed = found.pop("profile")
+    save_results(out, found, report_text(found), started)
+    if collapsed:  # py-spy's collapsed stacks: flamegraph.pl or speedscope read them
+        (out / "profile.txt").write_text(collapsed)
     return 0
 
 

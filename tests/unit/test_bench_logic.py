@@ -15,6 +15,7 @@ import torch
 
 from scripts.measure.bench import group_members, median_result, ratios, stop_process_group
 from scripts.measure.bench_check import regressions
+from scripts.measure.breakdown import classify, profile_shares
 from scripts.measure.loadgen import LoadResult
 from scripts.measure.tune import best, recommendation_yaml, score
 
@@ -146,3 +147,29 @@ def test_tune_picks_the_setting_whose_worst_load_costs_least() -> None:
     text = recommendation_yaml("tabular", chosen, None)
     assert "batchSize: 16\n  maxBatchDelay: 1\n  minWorkers: 1\n  maxWorkers: 1" in text
     assert "1 clients 290.0 req/s (54% of the best)" in text
+
+
+def test_breakdown_sorts_profile_samples_into_stages_by_the_innermost_known_frame() -> None:
+    worker = ("<module> (ts/model_service_worker.py:301);TorchModelServiceWorker.handle_connection "
+              "(ts/model_service_worker.py:185);Service.predict (ts/service.py:135);"
+              "ModelHandler.handle (handlers/base.py:229)")
+    collapsed = "\n".join([
+        "process 12 (python);<module> (ts/model_service_worker.py:301);retrieve_msg (ts/protocol/"
+        "otf_message_handler.py:33);_retrieve_buffer (ts/protocol/otf_message_handler.py:181) 50",
+        f"{worker};ModelHandler._infer (handlers/base.py:296);TorchEngine.__call__ (handlers/engines.py:46);"
+        "Module._call_impl (torch/nn/modules/module.py:1789) 30",
+        f"{worker};ModelHandler._answer (handlers/base.py:320);"
+        "dumps (json/__init__.py:238);JSONEncoder.encode (json/encoder.py:200) 10",
+        f"{worker};ModelHandler._infer (handlers/base.py:293);"
+        "MiniLMHandler.collate (handlers/minilm.py:120) 6",
+        f"{worker};HandlerMetrics.flush (handlers/metrics.py:105);Logger.info (logging/__init__.py:1489) 4",
+        "not a stack line",
+    ])
+    shares = profile_shares(collapsed)
+    assert list(shares) == ["idle (waiting for the next batch)", "inference (the engine)",
+                            "serialize (json.dumps)", "collate (tokenization, padding)",
+                            "metrics and logging"]
+    assert shares["idle (waiting for the next batch)"] == 0.5 and shares["metrics and logging"] == 0.04
+    assert classify(["Service.predict (ts/service.py:135)"]) == "TorchServe worker (framing, IPC)"
+    assert classify(["main (somewhere.py:1)"]) == "other"
+    assert profile_shares("") == {}

@@ -4,7 +4,8 @@ An engine takes the network's input tensors (batch first) and returns one float3
 output row per instance. `build_engine` picks one from the handler's
 `RuntimeOptions`:
 
-    backend: onnx       -> OnnxEngine (an ONNX Runtime session, CUDA provider first)
+    backend: onnx       -> OnnxEngine (an ONNX Runtime session, CUDA provider first), over the
+                           int8 export (options.onnx_model_file) when quantize is int8
     backend: torch      -> TorchEngine over the network, int8-quantized and/or compiled
     static_shapes/compile -> wrapped in BucketedEngine: fixed batch sizes only
 """
@@ -53,7 +54,8 @@ class OnnxEngine:
 
         if not path.is_file():
             raise FileNotFoundError(f"{path.name} is not in the model archive; backend: onnx needs the "
-                                    "export that `make archive` (scripts/build/archive.py) writes")
+                                    "export that `make archive` (scripts/build/archive.py) writes for "
+                                    "these options (quantize: int8 writes its own file): rebuild it")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -64,9 +66,11 @@ class OnnxEngine:
         providers: list[str | tuple[str, dict[str, str]]] = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": str(device.index or 0)}))
+        self.path = path  # which export this worker runs (float or int8)
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.names = [node.name for node in self.session.get_inputs()]
-        logger.info("ONNX Runtime session on %s with %d threads", self.session.get_providers()[0], threads)
+        logger.info("ONNX Runtime session over %s on %s with %d threads", path.name,
+                    self.session.get_providers()[0], threads)
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         feeds = {name: tensor.detach().cpu().numpy() for name, tensor in zip(self.names, inputs, strict=True)}
@@ -104,11 +108,11 @@ def pad_rows(tensor: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat([tensor, tensor[-1:].expand(missing, *tensor.shape[1:])])
 
 
-def quantize_int8(module: nn.Module, skip: Sequence[str] = ()) -> nn.Module:
-    """Dynamic int8 Linear layers (per-channel weights), except modules matching a `skip` pattern.
+def int8_layers(module: nn.Module, skip: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """(Linear layers to quantize, all Linear layers) by module name; both backends pick layers here.
 
-    torch.ao's quantize_dynamic (deprecated in favour of torchao, but still in
-    torch and with fast fbgemm kernels on x86) needs no extra package; it runs on the CPU only.
+    A `skip` pattern that matches no Linear layer is an OptionsError naming quantize_skip,
+    so a typo cannot silently quantize the layer it meant to keep.
     """
     linear = [name for name, layer in module.named_modules() if isinstance(layer, nn.Linear)]
     for pattern in skip:
@@ -116,6 +120,16 @@ def quantize_int8(module: nn.Module, skip: Sequence[str] = ()) -> nn.Module:
             raise OptionsError("quantize_skip", f"{pattern!r} matches no Linear layer; they are named "
                                                 f"like {linear[0]!r} ... {linear[-1]!r}")
     names = [name for name in linear if not any(fnmatch.fnmatchcase(name, pattern) for pattern in skip)]
+    return names, linear
+
+
+def quantize_int8(module: nn.Module, skip: Sequence[str] = ()) -> nn.Module:
+    """Dynamic int8 Linear layers (per-channel weights), except modules matching a `skip` pattern.
+
+    torch.ao's quantize_dynamic (deprecated in favour of torchao, but still in
+    torch and with fast fbgemm kernels on x86) needs no extra package; it runs on the CPU only.
+    """
+    names, linear = int8_layers(module, skip)
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     with warnings.catch_warnings():
@@ -144,7 +158,7 @@ def build_engine(options: RuntimeOptions, device: torch.device, network: Callabl
                  model_dir: Path, threads: int, sizes: Sequence[int], shapes: int) -> Engine:
     """The engine the options ask for; `network` builds the float module on the CPU (torch backend)."""
     if options.backend == "onnx":
-        engine: Engine = OnnxEngine(model_dir / options.onnx_file, device, threads)
+        engine: Engine = OnnxEngine(model_dir / options.onnx_model_file, device, threads)
     else:
         module = network()
         if options.quantize == "int8":

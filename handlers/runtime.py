@@ -6,12 +6,13 @@ model YAML (docs/PERFORMANCE.md measures each speed switch):
     max_instances: 64       # instances one request may carry (413 beyond); each model sets its own
 
     backend: torch          # or onnx: run an ONNX Runtime session exported at archive time
+    onnx_file: model.onnx   # the export's name in the archive (int8: model.int8.onnx, see onnx_model_file)
     warmup: true            # forward passes at every batch size inside initialize(): READY means warm
     static_shapes: false    # pad batches to 1, 2, 4, ... (and text to length buckets); on with compile
     compile: false          # torch.compile (inductor), one graph per bucket, compiled during warm-up
     compile_mode: default   # reduce-overhead uses CUDA graphs on a GPU
     compile_cache_dir: ""   # inductor's cache (TORCHINDUCTOR_CACHE_DIR); restarts reuse compiled code
-    quantize: none          # int8: dynamic int8 Linear layers (CPU), gated at archive time
+    quantize: none          # int8: dynamic int8 Linear layers (CPU), gated at archive time; either backend
     quantize_skip: []       # module-name patterns kept in float (the layers int8 hurts most)
     max_quantization_loss: 0.01   # the archive gate: accuracy points, or 1 - mean cosine
     mmap_weights: true      # weights mapped from the archive's file: workers share one copy
@@ -57,11 +58,19 @@ class RuntimeOptions:
 
     def __post_init__(self) -> None:
         check_bounds(self)
-        if self.backend == "onnx" and (self.compile or self.quantize != "none" or self.precision != "fp32"):
-            raise OptionsError("backend", "compile, quantize and precision apply to the torch backend; "
-                                          "with backend: onnx leave them at their defaults")
+        if self.backend == "onnx" and (self.compile or self.precision != "fp32"):
+            raise OptionsError("backend", "compile and precision apply to the torch backend; with "
+                                          "backend: onnx leave them at their defaults (quantize: int8 "
+                                          "works with both)")
         if self.compile_cache_dir and not self.compile:
             raise OptionsError("compile_cache_dir", "only means something with compile: true")
+
+    @property
+    def onnx_model_file(self) -> str:
+        """The ONNX file the worker loads; the int8 one has its own name, so an archive says what it runs."""
+        if self.quantize == "int8":
+            return self.onnx_file.removesuffix(".onnx") + ".int8.onnx"
+        return self.onnx_file
 
     @property
     def buckets(self) -> bool:

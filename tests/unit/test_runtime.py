@@ -40,7 +40,7 @@ def test_threads_default_to_the_cores_shared_by_the_workers() -> None:
 
 @pytest.mark.parametrize(("raw", "key"), [
     ({"backend": "onnx", "compile": True}, "backend"),
-    ({"backend": "onnx", "quantize": "int8"}, "backend"),
+    ({"backend": "onnx", "precision": "fp16"}, "backend"),
     ({"threads": -1}, "threads"),
     ({"max_quantization_loss": 2}, "max_quantization_loss"),
     ({"compile_cache_dir": "/tmp/x"}, "compile_cache_dir"),

@@ -49,7 +49,7 @@ class TorchEngine:
 class OnnxEngine:
     """An ONNX Runtime session; inputs go in by the exported graph's input order."""
 
-    def __init__(self, path: Path, device: torch.device, threads: int) -> None:
+    def __init__(self, path: Path, device: torch.device, threads: int, spinning: bool = False) -> None:
         import onnxruntime as ort  # only workers with backend: onnx need it
 
         if not path.is_file():
@@ -62,7 +62,7 @@ class OnnxEngine:
         # ONNX Runtime's pool threads spin after every run by default; on a small machine that
         # takes CPU from TorchServe's frontend and from other workers while this one is idle.
         for pool in ("intra_op", "inter_op"):
-            options.add_session_config_entry(f"session.{pool}.allow_spinning", "0")
+            options.add_session_config_entry(f"session.{pool}.allow_spinning", "1" if spinning else "0")
         providers: list[str | tuple[str, dict[str, str]]] = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": str(device.index or 0)}))
@@ -158,7 +158,8 @@ def build_engine(options: RuntimeOptions, device: torch.device, network: Callabl
                  model_dir: Path, threads: int, sizes: Sequence[int], shapes: int) -> Engine:
     """The engine the options ask for; `network` builds the float module on the CPU (torch backend)."""
     if options.backend == "onnx":
-        engine: Engine = OnnxEngine(model_dir / options.onnx_model_file, device, threads)
+        engine: Engine = OnnxEngine(model_dir / options.onnx_model_file, device, threads,
+                                    spinning=options.onnx_spinning)
     else:
         module = network()
         if options.quantize == "int8":

@@ -7,6 +7,7 @@ model YAML (docs/PERFORMANCE.md measures each speed switch):
 
     backend: torch          # or onnx: run an ONNX Runtime session exported at archive time
     onnx_file: model.onnx   # the export's name in the archive (int8: model.int8.onnx, see onnx_model_file)
+    onnx_spinning: false    # ONNX Runtime's threads spin between runs: faster alone, CPU taken from the rest
     warmup: true            # forward passes at every batch size inside initialize(): READY means warm
     static_shapes: false    # pad batches to 1, 2, 4, ... (and text to length buckets); on with compile
     compile: false          # torch.compile (inductor), one graph per bucket, compiled during warm-up
@@ -43,6 +44,9 @@ class RuntimeOptions:
     max_instances: int = option(64, low=1)
     backend: Literal["torch", "onnx"] = "torch"
     onnx_file: str = "model.onnx"  # written by the archive step when backend is onnx
+    # ONNX Runtime's pool threads busy-wait after each run by default; on a small machine that takes CPU
+    # from TorchServe's frontend and other workers (docs/PERFORMANCE.md measures it), so it is off.
+    onnx_spinning: bool = False
     warmup: bool = True
     static_shapes: bool = False
     compile: bool = False
@@ -62,6 +66,8 @@ class RuntimeOptions:
             raise OptionsError("backend", "compile and precision apply to the torch backend; with "
                                           "backend: onnx leave them at their defaults (quantize: int8 "
                                           "works with both)")
+        if self.onnx_spinning and self.backend != "onnx":
+            raise OptionsError("onnx_spinning", "only means something with backend: onnx")
         if self.compile_cache_dir and not self.compile:
             raise OptionsError("compile_cache_dir", "only means something with compile: true")
 

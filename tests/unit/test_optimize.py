@@ -9,8 +9,10 @@ from pathlib import Path
 
 import onnx
 import pytest
+import torch
 import yaml
 
+from handlers.engines import OnnxEngine
 from scripts.build import archive
 from scripts.build.heldout import held_out
 from scripts.build.optimize import compare
@@ -45,6 +47,9 @@ def test_onnx_backend_archive_carries_a_checked_export_that_serves(tmp_path: Pat
         options = onnx.handler.engine.session.get_session_options()  # an idle worker must not spin
         for pool in ("intra_op", "inter_op"):
             assert options.get_session_config_entry(f"session.{pool}.allow_spinning") == "0"
+        spinning = OnnxEngine(onnx.handler.engine.path, torch.device("cpu"), 1, spinning=True)
+        assert spinning.session.get_session_options().get_session_config_entry(
+            "session.intra_op.allow_spinning") == "1"
         (found,), (expected,) = onnx.run([RawRequest.json(row)]), eager.run([RawRequest.json(row)])
     assert found.status == 200 and found.json()["label"] == expected.json()["label"]
 

@@ -41,6 +41,7 @@ def test_threads_default_to_the_cores_shared_by_the_workers() -> None:
 @pytest.mark.parametrize(("raw", "key"), [
     ({"backend": "onnx", "compile": True}, "backend"),
     ({"backend": "onnx", "precision": "fp16"}, "backend"),
+    ({"onnx_spinning": True}, "onnx_spinning"),
     ({"threads": -1}, "threads"),
     ({"max_quantization_loss": 2}, "max_quantization_loss"),
     ({"compile_cache_dir": "/tmp/x"}, "compile_cache_dir"),

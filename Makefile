@@ -107,7 +107,7 @@ test: install-dev archive
 	$(PY) -m ruff check handlers scripts tests
 	$(PY) -m pytest
 
-test-unit: install-dev models
+test-unit: install-dev archive
 	$(PY) -m pytest tests/unit
 
 test-e2e: install-dev archive

@@ -134,12 +134,24 @@ class LocalModel:
         self._staging: tempfile.TemporaryDirectory[str] | None = None
 
     @classmethod
-    def from_config(cls, path: Path, handler_options: Mapping[str, Any] | None = None) -> LocalModel:
-        """Lay out the config's files as its archive would, then initialise its handler."""
+    def from_config(cls, path: Path, handler_options: Mapping[str, Any] | None = None,
+                    store: Path = Path("model_store")) -> LocalModel:
+        """Lay out the config's files as its archive would, then initialise its handler.
+
+        Files the archive step derives (the ONNX export) come from the built archive in `store`:
+        exporting and checking them again would take minutes. A handler that needs one the store
+        lacks fails at load, naming it (`make archive` builds them).
+        """
         spec = load_spec(path)
         staging = tempfile.TemporaryDirectory(prefix=f"harness-{spec.name}-")
         for file in spec.files:
             shutil.copyfile(file, Path(staging.name) / file.name)
+        built = store / f"{spec.name}.mar"
+        if built.is_file():
+            with zipfile.ZipFile(built) as archive:
+                for name in archive.namelist():
+                    if name.endswith(".onnx"):
+                        archive.extract(name, staging.name)
         model_config = dict(spec.model_config)
         if handler_options is not None:
             model_config["handler"] = {**model_config.get("handler", {}), **handler_options}

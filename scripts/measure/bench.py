@@ -37,11 +37,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-import psutil
 import requests
 import torch
 
@@ -50,10 +49,11 @@ from scripts.config.model import CONFIG_DIR, ModelSpec, load_spec
 from scripts.harness import LocalModel
 from scripts.measure.loadgen import LoadResult, Workload, run_load, workload
 from scripts.measure.variants import option_overrides, option_specs
-from scripts.serve.local import LocalServer, free_port, wait_until_answering
+from scripts.serve.local import LocalServer, free_port, stop_group, wait_until_answering
 
 logger = logging.getLogger(__name__)
 HTTP_VARIANTS = ("ours", "unbatched", "plain", "fastapi", "litserve")
+BASELINE_ENGINE = {"backend": "torch", "quantize": "none"}  # plain, fastapi, litserve: eager PyTorch
 ALL_VARIANTS = (*HTTP_VARIANTS, "limit")
 
 
@@ -96,9 +96,11 @@ def build_archives(settings: Settings, spec: ModelSpec, store: Path) -> dict[str
     print(f"==> building archives for {spec.name} in {store}", flush=True)
     specs = {"ours": spec, **option_specs(spec, settings.options)}
     if "plain" in settings.variants:
+        # The baselines run the eager PyTorch module, as the docs' handler would: no export to derive.
+        eager = {**spec.model_config.get("handler", {}), **BASELINE_ENGINE}
         specs["plain"] = dataclasses.replace(
             spec, name=f"{spec.name}_plain", handler=Path("scripts/measure/baselines/plain_handler.py"),
-            model_config={**spec.model_config, "plain": {"model": settings.model}})
+            model_config={**spec.model_config, "handler": eager, "plain": {"model": settings.model}})
     archives = {}
     for variant, variant_spec in specs.items():
         print(f"    {variant}: {variant_spec.name}.mar", flush=True)
@@ -144,43 +146,7 @@ def served(command: list[str], model: str, port: int, ping: str, log: Path, what
                              timeout=120, what=f"{what} (log: {log})")
         yield Served(url, process.pid)
     finally:
-        stop_process_group(process, grace)
-
-
-def stop_process_group(process: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM `process`'s group (continued, in case it was paused); SIGKILL it if any member outlives
-    `grace` seconds. Waits for every member, not just the leader: LitServe's workers outlive theirs."""
-    group = process.pid
-    for signum in (signal.SIGTERM, signal.SIGCONT):
-        with suppress(ProcessLookupError):
-            os.killpg(group, signum)
-    if group_ended(process, grace):
-        return
-    logger.warning("process group %d still running %.0fs after SIGTERM: SIGKILL", group, grace)
-    with suppress(ProcessLookupError):
-        os.killpg(group, signal.SIGKILL)
-    if not group_ended(process, 10):
-        raise RuntimeError(f"processes {group_members(group)} of group {group} survived SIGKILL")
-
-
-def group_ended(process: subprocess.Popen[bytes], timeout: float) -> bool:
-    """Whether the leader `process` and every other member of its group ended within `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while process.poll() is None or group_members(process.pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
-def group_members(group: int) -> list[int]:
-    """The live (not zombie) processes of process group `group`."""
-    found = []
-    for candidate in psutil.process_iter():
-        with suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(candidate.pid) == group and candidate.status() != psutil.STATUS_ZOMBIE:
-                found.append(candidate.pid)
-    return found
+        stop_group(process, grace)
 
 
 @contextmanager

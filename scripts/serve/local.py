@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,15 +78,37 @@ def wait_until_answering(ping: Callable[[], object], process: subprocess.Popen[b
 
 
 def stop_group(process: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM `process`'s whole group (it was started with start_new_session), SIGKILL after `grace` s."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
+    """SIGTERM `process`'s whole group (it was started with start_new_session; continued, in case it
+    was paused), SIGKILL it if any member outlives `grace` s. Waits for every member, not only the
+    leader: TorchServe's Java frontend and workers, LitServe's workers, outlive their launcher."""
+    for signum in (signal.SIGTERM, signal.SIGCONT):
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signum)
+    if group_ended(process, grace):
+        return
+    with suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
+    if not group_ended(process, 10):
+        raise RuntimeError(f"process group {process.pid} survived SIGKILL")
+
+
+def group_ended(process: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Whether the leader `process` (reaped here) and every other member of its group ended in time."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None or group_alive(process.pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def group_alive(group: int) -> bool:
+    """Whether any process of group `group` is left (one that exited but was not reaped counts)."""
+    try:
+        os.killpg(group, 0)
     except ProcessLookupError:
-        process.wait(timeout=10)
+        return False
+    return True
 
 
 @dataclass
@@ -165,14 +188,6 @@ class LocalServer:
     def stop(self) -> None:
         """SIGTERM the server's whole process group (frontend and workers), then SIGKILL."""
         stop_group(self.process, grace=30)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # the launcher is gone; wait for Java and its workers too
-            try:
-                os.killpg(self.process.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
-        os.killpg(self.process.pid, signal.SIGKILL)
 
     def __enter__(self) -> LocalServer:
         return self

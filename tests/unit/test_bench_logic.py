@@ -5,19 +5,24 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from typing import Any
 
+import psutil
 import pytest
 import torch
 
-from scripts.measure.bench import group_members, median_result, ratios, stop_process_group
+from scripts.config.model import CONFIG_DIR, load_spec
+from scripts.measure.bench import median_result, ratios
 from scripts.measure.bench_check import regressions
 from scripts.measure.breakdown import classify, profile_shares
 from scripts.measure.loadgen import LoadResult
 from scripts.measure.tune import best, recommendation_yaml, score
+from scripts.serve.local import group_alive, stop_group
 
 
 def result(throughput: float, p99: float = 10.0, batch: float | None = None) -> LoadResult:
@@ -66,7 +71,9 @@ def test_litserve_app_answers_tabular_as_the_fastapi_app_does(monkeypatch: pytes
     fastapi_app = importlib.import_module("scripts.measure.baselines.fastapi_app")
     assert fastapi_app.KIND == "tabular"
     api = BenchAPI("tabular")
-    assert (api.max_batch_size, api.batch_timeout, api.api_path) == (16, 0.01, "/predictions/tabular")
+    config = load_spec(CONFIG_DIR / "tabular.yaml").model_config  # the YAML's batching, as ours
+    assert (api.max_batch_size, api.batch_timeout, api.api_path) == (
+        config["batchSize"], config["maxBatchDelay"] / 1000, "/predictions/tabular")
     api.setup("cpu")
     assert torch.get_num_threads() == 1  # configs/models/tabular.yaml: handler threads 1, as ours
     bodies = workload("tabular").bodies[:3]
@@ -106,15 +113,25 @@ def test_litserve_app_reads_images_raw_and_json_parsed() -> None:
         assert model != "digits" or answer["size"] == len(load.bodies[0])
 
 
-def test_stop_process_group_leaves_no_member_running() -> None:
+def _members(group: int) -> list[int]:
+    """The live (not zombie) processes of process group `group`."""
+    found = []
+    for candidate in psutil.process_iter():
+        with suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(candidate.pid) == group and candidate.status() != psutil.STATUS_ZOMBIE:
+                found.append(candidate.pid)
+    return found
+
+
+def test_stop_group_leaves_no_member_running() -> None:
     # The leader dies on SIGTERM; its child ignores SIGTERM and needs the SIGKILL after the grace.
     process = subprocess.Popen(["sh", "-c", "(trap '' TERM; exec sleep 60) & wait"], start_new_session=True)
     deadline = time.monotonic() + 5
-    while len(group_members(process.pid)) < 2 and time.monotonic() < deadline:
+    while len(_members(process.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert len(group_members(process.pid)) == 2
-    stop_process_group(process, grace=1)
-    assert process.returncode is not None and group_members(process.pid) == []
+    assert len(_members(process.pid)) == 2
+    stop_group(process, grace=1)
+    assert process.returncode is not None and _members(process.pid) == [] and not group_alive(process.pid)
 
 
 def test_regressions_flag_only_drops_beyond_the_tolerance() -> None:

@@ -1,7 +1,7 @@
 """Where a request's time goes, for one model served with its YAML settings under closed-loop load.
 
     python -m scripts.measure.breakdown --model minilm [--concurrency 32] [--duration 20]
-        [--options backend=onnx] [--out results/breakdown]
+        [--options backend=onnx] [--model-config batchSize=8,maxBatchDelay=20] [--out results/breakdown]
 
 Three views of the same locust run, side by side:
   latency    per request: what the client saw, TorchServe's own latency and queue
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import os
 import re
 import shutil
@@ -39,7 +40,7 @@ from scripts.build.archive import build_archive
 from scripts.client.prometheus import Sample, scrape, total
 from scripts.config.model import CONFIG_DIR, load_spec
 from scripts.measure.loadgen import LoadResult, run_load, workload
-from scripts.measure.variants import option_specs, save_results
+from scripts.measure.variants import option_overrides, option_specs, save_results
 from scripts.serve.local import LocalServer
 
 STAGES = ("preprocess", "collate", "inference", "postprocess", "serialize")
@@ -144,6 +145,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     spec = load_spec(CONFIG_DIR / f"{args.model}.yaml")
     if args.options:
         (spec,) = option_specs(spec, (args.options,)).values()
+    if args.model_config:  # e.g. the batching of an earlier release, for a before/after
+        spec = dataclasses.replace(spec, model_config={**spec.model_config,
+                                                       **option_overrides(args.model_config)})
     load = workload(args.model)
     load_before = os.getloadavg()[0]  # anything else running skews every figure on 2 cores
     with tempfile.TemporaryDirectory(prefix=f"breakdown-{args.model}-") as tmp:
@@ -175,7 +179,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 spy.wait(timeout=args.duration + 60)
             collapsed = profile_file.read_text() if profile_file.exists() else ""
     shares = profile_shares(collapsed)
-    return {"model": args.model, "options": args.options, "concurrency": args.concurrency,
+    return {"model": args.model, "options": ",".join(t for t in (args.options, args.model_config) if t),
+            "concurrency": args.concurrency,
             "load_average_before": load_before,
             "duration_s": args.duration, "config": dict(spec.model_config),
             "throughput": result.throughput, "requests": result.requests, "failures": result.failures,
@@ -227,6 +232,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=10.0)
     parser.add_argument("--options", default="", help="handler options to change, key=value[,key=value]")
+    parser.add_argument("--model-config", default="", help="model_config keys to change, e.g. batchSize=8")
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip py-spy")
     parser.add_argument("--out", type=Path, default=Path("results/breakdown"))
     return parser.parse_args(argv)
@@ -236,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     args = parse_args(argv)
     found = measure(args)
-    suffix = f"-{re.sub(r'[^A-Za-z0-9]+', '_', args.options)}" if args.options else ""
+    changed = ",".join(text for text in (args.options, args.model_config) if text)
+    suffix = f"-{re.sub(r'[^A-Za-z0-9]+', '_', changed)}" if changed else ""
     out = args.out / f"{args.model}{suffix}-c{args.concurrency}"
     collapsed = found.pop("profile")
     save_results(out, found, report_text(found), started)

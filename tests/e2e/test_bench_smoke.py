@@ -18,18 +18,19 @@ pytestmark = pytest.mark.e2e
 
 
 def test_bench_reports_every_variant(tmp_path: Path) -> None:
+    variants = ("ours", "unbatched", "plain", "fastapi", "litserve", "limit")
     settings = bench.Settings(model="tabular", concurrency=(4,), duration=2, warmup=0, jvm_warmup=0,
-                              rounds=1, variants=("ours", "unbatched", "plain", "fastapi", "limit"),
+                              rounds=1, variants=variants,
                               out=tmp_path / "tabular")
     report = bench.run(settings)
     bench.write_report(report, settings.out)
     runs = {row["variant"]: row for row in report["runs"]}
-    assert set(runs) == {"ours", "unbatched", "plain", "fastapi"}
+    assert set(runs) == {"ours", "unbatched", "plain", "fastapi", "litserve"}
     assert all(row["requests"] > 0 and row["failures"] == 0 for row in runs.values())
     assert runs["ours"]["mean_batch"] is not None and runs["unbatched"]["mean_batch"] == 1.0
     assert report["limit"]["instances_per_second"] > 0
     assert set(report["ratios"]) == {"ours_over_limit", "ours_over_unbatched", "ours_over_plain",
-                                     "ours_over_fastapi"}
+                                     "ours_over_fastapi", "ours_over_litserve"}
     written = {path.name for path in settings.out.iterdir()}
     assert written == {"report.md", "results.json", "throughput.png", "p99.png"}
     assert json.loads((settings.out / "results.json").read_text())["model"] == "tabular"

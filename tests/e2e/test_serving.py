@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -92,7 +93,10 @@ def test_minilm_matches_sentence_transformers(server: Server) -> None:
 
 def test_every_worker_warmed_up_at_every_batch_size_before_ready(server: Server) -> None:
     """READY means warm: each worker logged its warm-up over 1..batchSize before initialize returned."""
-    log = (server.workdir / "logs" / "model_log.log").read_text()
+    # TorchServe's log4j2 rolls model_log.log at midnight (model_log.DD-Mon.log.gz): read those too.
+    logs = server.workdir / "logs"
+    log = "".join(gzip.decompress(path.read_bytes()).decode() for path in sorted(logs.glob("model_log.*.gz")))
+    log += (logs / "model_log.log").read_text()
     for model in MODELS:
         config = yaml.safe_load(Path(f"configs/models/{model}.yaml").read_text())["model_config"]
         sizes = re.escape(str(list(range(1, config["batchSize"] + 1))))

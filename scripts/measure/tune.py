@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -36,6 +35,7 @@ import yaml
 
 from scripts.build.archive import build_archive
 from scripts.config.model import CONFIG_DIR, load_spec
+from scripts.measure.bench import median_result
 from scripts.measure.loadgen import LoadResult, run_load, workload
 from scripts.serve.local import LocalServer
 
@@ -49,16 +49,6 @@ class Combination:
     @property
     def label(self) -> str:
         return f"{self.batch_size} / {self.max_batch_delay} ms / {self.workers}w"
-
-
-def cell(results: list[LoadResult]) -> dict[str, Any]:
-    """One combination at one concurrency: each figure's median over the rounds, errors summed."""
-    median = statistics.median
-    batches = [r.mean_batch for r in results if r.mean_batch is not None]
-    return {"throughput": median(r.throughput for r in results), "p50_ms": median(r.p50_ms for r in results),
-            "p99_ms": median(r.p99_ms for r in results), "failures": sum(r.failures for r in results),
-            "mean_batch": median(batches) if batches else None,
-            "rounds_throughput": [round(r.throughput, 1) for r in results]}
 
 
 def score(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -125,7 +115,7 @@ def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
                           f"  p50 {result.p50_ms:6.1f} ms  p99 {result.p99_ms:6.1f} ms  "
                           f"errors {result.failures}  batch {batch}", flush=True)
     rows = [{"combination": asdict(combo), "label": combo.label,
-             "cells": {users: cell(measured[combo, users]) for users in args.concurrency}}
+             "cells": {users: median_result(measured[combo, users]) for users in args.concurrency}}
             for combo in combos]
     return score(rows)
 

@@ -14,18 +14,15 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 
-from scripts.config.model import CONFIG_DIR, load_spec
-from scripts.measure.baselines.plain_handler import load_model, plain_batch
+from scripts.measure.baselines.plain_handler import load_model, model_files, plain_batch
 
 KIND = os.environ.get("BENCH_MODEL", "tabular")
 
 
 def _load() -> Any:
-    """The model from its build folder (every example model keeps its files in one folder)."""
-    spec = load_spec(CONFIG_DIR / f"{KIND}.yaml")
-    (model_dir,) = {file.parent for file in spec.files}
+    """The model from its build folder."""
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    return load_model(KIND, model_dir, dict(spec.model_config), device)
+    return load_model(KIND, *model_files(KIND), device)
 
 
 MODEL = _load()

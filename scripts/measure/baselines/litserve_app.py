@@ -14,7 +14,6 @@ It answers POST /predictions/MODEL and GET /health, on 127.0.0.1 only.
 import argparse
 import logging
 import os
-from pathlib import Path
 from typing import Annotated, Any
 
 import litserve as ls
@@ -22,18 +21,10 @@ import torch
 from fastapi import Body
 
 from handlers.runtime import set_worker_threads, worker_threads
-from scripts.config.model import CONFIG_DIR, load_spec
-from scripts.measure.baselines.plain_handler import load_model, plain_batch
+from scripts.measure.baselines.plain_handler import load_model, model_files, plain_batch
 
 logger = logging.getLogger(__name__)
 DEFAULT_PORT = 8091
-
-
-def model_files(kind: str) -> tuple[Path, dict[str, Any]]:
-    """The model's build folder (every example model keeps its files in one) and its model-config."""
-    spec = load_spec(CONFIG_DIR / f"{kind}.yaml")
-    (model_dir,) = {file.parent for file in spec.files}
-    return model_dir, dict(spec.model_config)
 
 
 class BenchAPI(ls.LitAPI):

@@ -27,10 +27,18 @@ from handlers.images import to_digit_tensor
 from handlers.minilm import MiniLMHandler
 from handlers.options import parse_options
 from handlers.tabular import TabularHandler
+from scripts.config.model import CONFIG_DIR, load_spec
 
 MODELS: dict[str, type[ModelHandler]] = {
     "tabular": TabularHandler, "digits": DigitsHandler, "minilm": MiniLMHandler,
 }
+
+
+def model_files(kind: str) -> tuple[Path, dict[str, Any]]:
+    """A baseline's model folder (every example model keeps its files in one) and its model-config."""
+    spec = load_spec(CONFIG_DIR / f"{kind}.yaml")
+    (model_dir,) = {file.parent for file in spec.files}
+    return model_dir, dict(spec.model_config)
 
 
 def load_model(kind: str, model_dir: Path, model_config: dict[str, Any],

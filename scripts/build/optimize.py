@@ -141,7 +141,7 @@ def _quantize_export(spec: ModelSpec, handler_type: type[ModelHandler], staged: 
     """
     source, target = staged / options.onnx_file, staged / options.onnx_model_file
     with _option_errors(spec), _local(spec, handler_type, staged, FLOAT_TORCH) as reference:
-        network = reference.handler.load_model(staged).eval()
+        network = reference.handler.engine.module  # GATE_OPTIONS: a plain TorchEngine over the float network
         names, linear = int8_layers(network, options.quantize_skip)
     quantized, kept = quantize_onnx(source, target, set(names), set(linear))
     if names and not quantized:

@@ -74,8 +74,10 @@ java:
 models: install
 	$(PY) -m scripts.build.models
 
+# DEVICE=gpu lays each YAML's gpu: profile (batch size, delay, queue, engine) over its model_config.
+DEVICE ?= cpu
 archive: models
-	$(PY) -m scripts.build.archive $(MODEL_CONFIGS)
+	$(PY) -m scripts.build.archive --device $(DEVICE) $(MODEL_CONFIGS)
 
 serve: archive
 	$(PY) -m scripts.serve.server start --ts-config $(TS_CONFIG)

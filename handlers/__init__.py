@@ -9,9 +9,10 @@ one class defined in the module named by `--handler`; imported ones don't count)
 `handlers.base` holds the contract; docs/adding-a-model.md walks through it.
 """
 
-from handlers.base import ModelHandler, pick_device
+from handlers.base import ModelHandler
 from handlers.errors import InvalidInput, PayloadTooLarge, RequestError, UnsupportedMediaType, brief, located
 from handlers.options import OptionsError, option
+from handlers.placement import pick_device
 from handlers.request import Instances
 from handlers.runtime import RuntimeOptions
 from handlers.signature import NUMBER_TYPES, Input, Output

@@ -68,6 +68,7 @@ from handlers.errors import (
 from handlers.metrics import HandlerMetrics, model_identity
 from handlers.options import parse_options
 from handlers.payload import Payload
+from handlers.placement import Placement, place_engine
 from handlers.request import Instances, Parsed, join_instances
 from handlers.runtime import RuntimeOptions, batch_sizes, set_worker_threads, to_device, worker_threads
 from handlers.signature import Input, Output, Signature, check_outputs, per_instance
@@ -75,14 +76,6 @@ from handlers.validation import check_count
 
 logger = logging.getLogger(__name__)
 VERSION_HEADER = "X-Model-Version"  # which version answered; set on every response
-
-
-def pick_device(system_properties: dict[str, Any]) -> torch.device:
-    """CUDA when TorchServe assigned this worker a GPU (`gpu_id`) and CUDA works, else CPU."""
-    gpu_id = system_properties.get("gpu_id")
-    if gpu_id is not None and torch.cuda.is_available():
-        return torch.device(f"cuda:{int(gpu_id)}")
-    return torch.device("cpu")
 
 
 @dataclass(slots=True)
@@ -112,6 +105,7 @@ class ModelHandler(BaseHandler):
         self.options: Any = None
         self.device = torch.device("cpu")  # where collate puts the batch
         self.engine: Engine | None = None
+        self.placement: Placement | None = None  # which engine runs where, once initialize() chose
         self.batch_sizes: list[int] = [1]
         self.metrics = HandlerMetrics(None)
 
@@ -181,9 +175,10 @@ class ModelHandler(BaseHandler):
         if not hasattr(self, "INPUT"):
             raise HandlerContractError(f"{type(self).__name__} must declare INPUT = Input(...)")
         self.signature = Signature(self.INPUT, self.OUTPUTS, self.options.max_instances)
-        accelerator = pick_device(context.system_properties)
-        # ONNX Runtime takes host arrays and moves them to its device itself.
-        self.device = torch.device("cpu") if self.options.backend == "onnx" else accelerator
+        self.placement = place_engine(self.options.backend, context.system_properties)
+        if self.placement.warning:  # asked for the GPU, got the CPU: once per worker, loudly
+            logger.warning("WARNING: %s", self.placement.warning)
+        self.device = self.placement.device  # ONNX Runtime takes host arrays and moves them itself
         self.metrics = HandlerMetrics(context)
         self.version = model_identity(context)[1]
         threads = worker_threads(self.options.threads, model_config)
@@ -193,13 +188,15 @@ class ModelHandler(BaseHandler):
         batch_size = int(context.system_properties.get("batch_size") or 1)
         self.batch_sizes = batch_sizes(batch_size, self.options.buckets)
         warmup = self.warmup_instances()
-        self.engine = build_engine(self.options, accelerator, lambda: self.load_model(model_dir), model_dir,
-                                   threads, self.batch_sizes, shapes=len(self.batch_sizes) * len(warmup))
+        self.engine = build_engine(self.options, self.placement.backend, self.placement.accelerator,
+                                   lambda: self.load_model(model_dir), model_dir, threads, self.batch_sizes,
+                                   shapes=len(self.batch_sizes) * len(warmup))
         if self.options.warmup:
             self.warm_up(warmup)
         self.initialized = True
-        logger.info("%s ready on %s (backend %s) in %.1fs", type(self).__name__, accelerator,
-                    self.options.backend, time.perf_counter() - started)
+        self.metrics.engine(self.placement.label)
+        logger.info("%s ready in %.1fs: engine %s (backend: %s)", type(self).__name__,
+                    time.perf_counter() - started, self.placement.label, self.options.backend)
 
     def warm_up(self, instances: list[Any]) -> None:
         """Run every batch size this worker will see with every instance shape, before READY.

@@ -4,9 +4,12 @@ An engine takes the network's input tensors (batch first) and returns one float3
 output row per instance. `build_engine` picks one from the handler's
 `RuntimeOptions`:
 
-    backend: onnx       -> OnnxEngine (an ONNX Runtime session, CUDA provider first), over the
+    onnx (placed)       -> OnnxEngine (an ONNX Runtime session, CUDA provider first), over the
                            int8 export (options.onnx_model_file) when quantize is int8
-    backend: torch      -> TorchEngine over the network, int8-quantized and/or compiled
+    torch (placed)      -> TorchEngine over the network, int8-quantized and/or compiled
+
+`backend: auto` is resolved per worker first (handlers/placement.py): ONNX Runtime on a
+CPU worker, torch on a CUDA one.
     static_shapes/compile -> wrapped in BucketedEngine: fixed batch sizes only
 """
 
@@ -154,10 +157,12 @@ def compile_module(module: nn.Module, options: RuntimeOptions, shapes: int) -> n
     return torch.compile(module, mode=options.compile_mode, dynamic=False)
 
 
-def build_engine(options: RuntimeOptions, device: torch.device, network: Callable[[], nn.Module],
-                 model_dir: Path, threads: int, sizes: Sequence[int], shapes: int) -> Engine:
-    """The engine the options ask for; `network` builds the float module on the CPU (torch backend)."""
-    if options.backend == "onnx":
+def build_engine(options: RuntimeOptions, backend: str, device: torch.device,
+                 network: Callable[[], nn.Module], model_dir: Path, threads: int, sizes: Sequence[int],
+                 shapes: int) -> Engine:
+    """The engine for the placed `backend` ("torch" or "onnx") on `device`, as the options ask;
+    `network` builds the float module on the CPU (torch backend)."""
+    if backend == "onnx":
         engine: Engine = OnnxEngine(model_dir / options.onnx_model_file, device, threads,
                                     spinning=options.onnx_spinning)
     else:

@@ -36,7 +36,7 @@ _DECLARED = {
     "HandlerStageSeconds": MetricTypes.HISTOGRAM, "BatchRequests": MetricTypes.HISTOGRAM,
     "BatchInstances": MetricTypes.HISTOGRAM, "HandlerResponses_total": MetricTypes.COUNTER,
     "HandlerErrors_total": MetricTypes.COUNTER, "DeviceMemoryAllocatedBytes": MetricTypes.GAUGE,
-    "InFlightRequests": MetricTypes.GAUGE,
+    "InFlightRequests": MetricTypes.GAUGE, "HandlerEngine": MetricTypes.GAUGE,
 }
 _PID = str(os.getpid())
 
@@ -93,6 +93,12 @@ class HandlerMetrics:
             self._add("HandlerResponses_total", count, str(status))
         for kind, count in errors.items():
             self._add("HandlerErrors_total", count, kind)
+
+    def engine(self, label: str) -> None:
+        """What runs this worker's model (`torch on cuda:0`, `onnxruntime CPUExecutionProvider on cpu`),
+        once at start: a gauge of 1 per worker pid, so a dashboard can tell a GPU left idle."""
+        self._add("HandlerEngine", 1, label, _PID)
+        self.flush()
 
     def device_memory(self, device: torch.device) -> None:
         if device.type == "cuda":

@@ -5,7 +5,8 @@ model YAML (docs/PERFORMANCE.md measures each speed switch):
 
     max_instances: 64       # instances one request may carry (413 beyond); each model sets its own
 
-    backend: torch          # or onnx: run an ONNX Runtime session exported at archive time
+    backend: torch          # onnx: an ONNX Runtime session exported at archive time; auto: ONNX
+                            # Runtime on a CPU worker, torch on a CUDA one (handlers/placement.py)
     onnx_file: model.onnx   # the export's name in the archive (int8: model.int8.onnx, see onnx_model_file)
     onnx_spinning: false    # ONNX Runtime's threads spin between runs: faster alone, CPU taken from the rest
     warmup: true            # forward passes at every batch size inside initialize(): READY means warm
@@ -42,7 +43,7 @@ class RuntimeOptions:
     """How many instances a request may carry and how the forward pass runs; the base of every Options."""
 
     max_instances: int = option(64, low=1)
-    backend: Literal["torch", "onnx"] = "torch"
+    backend: Literal["torch", "onnx", "auto"] = "torch"
     onnx_file: str = "model.onnx"  # written by the archive step when backend is onnx
     # ONNX Runtime's pool threads busy-wait after each run by default; on a small machine that takes CPU
     # from TorchServe's frontend and other workers (docs/PERFORMANCE.md measures it), so it is off.
@@ -66,10 +67,15 @@ class RuntimeOptions:
             raise OptionsError("backend", "compile and precision apply to the torch backend; with "
                                           "backend: onnx leave them at their defaults (quantize: int8 "
                                           "works with both)")
-        if self.onnx_spinning and self.backend != "onnx":
-            raise OptionsError("onnx_spinning", "only means something with backend: onnx")
+        if self.onnx_spinning and not self.exports_onnx:
+            raise OptionsError("onnx_spinning", "only means something with backend: onnx or auto")
         if self.compile_cache_dir and not self.compile:
             raise OptionsError("compile_cache_dir", "only means something with compile: true")
+
+    @property
+    def exports_onnx(self) -> bool:
+        """Whether the archive carries an ONNX export (auto runs it on CPU workers)."""
+        return self.backend in ("onnx", "auto")
 
     @property
     def onnx_model_file(self) -> str:

@@ -120,13 +120,14 @@ class LocalModel:
 
     def __init__(
         self, handler: ModelHandler, name: str, model_dir: Path, model_config: Mapping[str, Any],
-        version: str = "1.0",
+        version: str = "1.0", gpu: int | None = None,
     ) -> None:
+        """`gpu`: the GPU id TorchServe would give this worker (`gpu_id`); None for a CPU worker."""
         manifest = {"model": {"modelName": name, "modelVersion": version}}
         metrics = MetricsCacheYamlImpl(config_file_path=str(METRICS_CONFIG))
         metrics.initialize_cache()
         self.context = Context(
-            name, str(model_dir), manifest, model_config.get("batchSize", 1), None, "0.12.0",
+            name, str(model_dir), manifest, model_config.get("batchSize", 1), gpu, "0.12.0",
             metrics=metrics, model_yaml_config=dict(model_config),
         )
         self.handler = handler
@@ -135,14 +136,15 @@ class LocalModel:
 
     @classmethod
     def from_config(cls, path: Path, handler_options: Mapping[str, Any] | None = None,
-                    store: Path = Path("model_store")) -> LocalModel:
+                    store: Path = Path("model_store"), gpu: int | None = None,
+                    device: str = "cpu") -> LocalModel:
         """Lay out the config's files as its archive would, then initialise its handler.
 
         Files the archive step derives (the ONNX export) come from the built archive in `store`:
         exporting and checking them again would take minutes. A handler that needs one the store
         lacks fails at load, naming it (`make archive` builds them).
         """
-        spec = load_spec(path)
+        spec = load_spec(path, device=device)  # device: the YAML's profile (gpu: its overlay)
         staging = tempfile.TemporaryDirectory(prefix=f"harness-{spec.name}-")
         for file in spec.files:
             shutil.copyfile(file, Path(staging.name) / file.name)
@@ -155,7 +157,8 @@ class LocalModel:
         model_config = dict(spec.model_config)
         if handler_options is not None:
             model_config["handler"] = {**model_config.get("handler", {}), **handler_options}
-        model = cls(handler_class(spec.handler)(), spec.name, Path(staging.name), model_config, spec.version)
+        model = cls(handler_class(spec.handler)(), spec.name, Path(staging.name), model_config, spec.version,
+                    gpu)
         model._staging = staging
         return model
 

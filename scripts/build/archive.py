@@ -1,6 +1,6 @@
 """Turn configs/models/*.yaml into self-contained .mar archives in model_store/.
 
-    python -m scripts.build.archive configs/models/*.yaml [--store model_store] [--force]
+    python -m scripts.build.archive configs/models/*.yaml [--store model_store] [--force] [--device gpu]
 
 Every config is checked before anything is written; a bad one stops the run with
 one line naming the file, the key and the fix. Each archive is built in a private
@@ -36,7 +36,7 @@ import yaml
 
 from scripts.build.optimize import prepare
 from scripts.build.store import ArchiveError, check_archive, keep_version, version_archive
-from scripts.config.model import ConfigError, ModelSpec, load_spec
+from scripts.config.model import DEVICES, ConfigError, ModelSpec, load_spec
 
 logger = logging.getLogger(__name__)
 HANDLERS_PACKAGE = Path("handlers")
@@ -50,6 +50,7 @@ def archive_path(spec: ModelSpec, store: Path) -> Path:
 def fingerprint(spec: ModelSpec) -> str:
     """A hash of everything that goes into the archive, to skip unchanged models."""
     digest = hashlib.sha256(package_version("torch-model-archiver").encode())
+    digest.update(spec.device.encode())  # the gpu profile is another archive of the same YAML
     inputs = [spec.source, *sorted(HANDLERS_PACKAGE.rglob("*.py")), *spec.files]
     for path in inputs:
         digest.update(str(path).encode())
@@ -133,10 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("configs", nargs="+", type=Path, help="configs/models/*.yaml")
     parser.add_argument("--store", type=Path, default=Path("model_store"))
     parser.add_argument("--force", action="store_true", help="rebuild even if unchanged")
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="gpu: lay each YAML's gpu: profile over its model_config (default cpu)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        specs = [load_spec(path) for path in args.configs]  # all checked before any write
+        specs = [load_spec(path, device=args.device) for path in args.configs]  # all checked before any write
     except ConfigError as error:
         logger.error("error: %s", error)
         return 2
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 keep_version(target, kept)
             logger.info("%s: up to date (%s)", prefix, target)
             continue
-        logger.info("%s: archiving %s ...", prefix, spec.source)
+        logger.info("%s: archiving %s (%s profile) ...", prefix, spec.source, spec.device)
         try:
             build_archive(spec, args.store)
         except ConfigError as error:  # a gate refused the archive; nothing was written

@@ -2,7 +2,8 @@
 
 Called by `scripts/build/archive.py` on the staged archive folder, before the archive is written:
 
-    backend: onnx    export the network to ONNX (dynamic batch axis; sequence axis for
+    backend: onnx    (or auto, which runs the export on CPU workers)
+                     export the network to ONNX (dynamic batch axis; sequence axis for
                      text), then run the held-out requests through the handler twice,
                      PyTorch and ONNX Runtime; refuse if any output differs by > 1e-4.
     quantize: int8   run the held-out requests through the float PyTorch handler and the
@@ -77,12 +78,12 @@ class Comparison:
 def prepare(spec: ModelSpec, staged: Path) -> dict[str, Any]:
     """Write what the options need into `staged` and check it; raise ConfigError when a gate fails."""
     raw = spec.model_config.get("handler") or {}
-    if raw.get("backend", "torch") != "onnx" and raw.get("quantize", "none") != "int8":
+    if raw.get("backend", "torch") not in ("onnx", "auto") and raw.get("quantize", "none") != "int8":
         return {}  # nothing to derive (and baseline archives whose handler is not a ModelHandler)
     handler_type = handler_class(spec.handler)
     options = parse_options(handler_type.Options, spec.model_config.get("handler"))
     report: dict[str, Any] = {}
-    if options.backend == "onnx":
+    if options.exports_onnx:  # auto runs the export on CPU workers
         report["onnx"] = _export_and_check(spec, handler_type, staged, options.onnx_file)
         if options.quantize == "int8":
             report["onnx_int8"] = _quantize_export(spec, handler_type, staged, options)
@@ -118,7 +119,7 @@ def _quantization_gate(spec: ModelSpec, handler_type: type[ModelHandler], staged
     with _option_errors(spec), _local(spec, handler_type, staged, FLOAT_TORCH) as reference, \
             _local(spec, handler_type, staged, {}) as candidate:
         result = compare(reference, candidate, data)
-        engine = "ONNX Runtime" if candidate.handler.options.backend == "onnx" else "PyTorch"
+        engine = "ONNX Runtime" if candidate.handler.placement.backend == "onnx" else "PyTorch"
     measure = "accuracy points" if result.reference_accuracy is not None else "1 - mean cosine"
     logger.info("    int8 gate (%s): loss %.4f (%s; mean cosine %.4f) on %d held-out instances, limit %.4f",
                 engine, result.loss, measure, result.mean_cosine, result.instances, max_loss)

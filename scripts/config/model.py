@@ -14,6 +14,9 @@
       p95_ms: 250
     recycle:                       # when `tsctl recycle --if-over` replaces the workers
       max_rss_mb: 1500             # (scripts/operate/recycle.py); optional
+    gpu:                           # the GPU profile: model_config keys laid over the ones below by
+      batchSize: 64                # `make archive DEVICE=gpu` and the CUDA image (optional; the
+      handler: {backend: torch}    # handler options merge key by key)
     model_config:                  # written as the archive's TorchServe model-config
       batchSize: 8
       maxBatchDelay: 20
@@ -53,7 +56,9 @@ METRICS_CONFIG = Path("configs/metrics.yaml")  # the metrics the servers export 
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 VERSION_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
-TOP_LEVEL_KEYS = {"name", "version", "handler", "files", "example", "model_config", "rollout", "recycle"}
+TOP_LEVEL_KEYS = {"name", "version", "handler", "files", "example", "model_config", "rollout", "recycle",
+                  "gpu"}
+DEVICES = ("cpu", "gpu")  # the profiles an archive is built for: `gpu` applies the YAML's gpu: overlay
 REQUIRED_KEYS = ("name", "version", "handler", "files", "model_config")
 # TorchServe model-config keys we check the type of (positive integers unless noted).
 COUNT_KEYS = {"batchSize": 1, "maxBatchDelay": 0, "minWorkers": 1, "maxWorkers": 1,
@@ -89,10 +94,17 @@ class ModelSpec:
     example: Example | None
     rollout: RolloutPolicy | None = None
     recycle: RecyclePolicy | None = None  # when tsctl replaces its workers
+    device: str = "cpu"  # the profile model_config was built for ("gpu": the YAML's gpu: overlay applied)
 
 
-def load_spec(path: Path, root: Path = Path(".")) -> ModelSpec:
-    """Read and check `path`; raise ConfigError on the first problem."""
+def load_spec(path: Path, root: Path = Path("."), device: str = "cpu") -> ModelSpec:
+    """Read and check `path` for the `device` profile; raise ConfigError on the first problem.
+
+    Both profiles are checked whichever is asked for, so a bad gpu: overlay fails on a CPU
+    machine too, before anyone ships it to a GPU.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
@@ -105,10 +117,29 @@ def load_spec(path: Path, root: Path = Path(".")) -> ModelSpec:
     handler = _handler_path(path, raw, root)
     files = _files(path, raw.get("files"), root, reserved={handler.name})
     model_config = _model_config(path, raw["model_config"], handler, files)
+    gpu_config = _model_config(path, gpu_profile(path, model_config, raw.get("gpu")), handler, files, "gpu")
     example = _example(path, raw.get("example"))
     rollout = parse_policy(path, raw.get("rollout"), root)
     recycle = parse_recycle(path, raw.get("recycle"))
-    return ModelSpec(path, name, version, handler, files, model_config, example, rollout, recycle)
+    return ModelSpec(path, name, version, handler, files, gpu_config if device == "gpu" else model_config,
+                     example, rollout, recycle, device)
+
+
+def gpu_profile(path: Path, model_config: Mapping[str, Any], overlay: Any) -> dict[str, Any]:
+    """model_config with the gpu: overlay laid over it; `handler` options merge key by key."""
+    if overlay is None:
+        return dict(model_config)
+    if not isinstance(overlay, dict):
+        raise ConfigError(path, "gpu", "expected a mapping of model_config keys",
+                          "write gpu: {batchSize: 64, handler: {backend: torch}}")
+    handler = overlay.get("handler", {})
+    if not isinstance(handler, dict):
+        raise ConfigError(path, "gpu.handler", "expected a mapping of handler options",
+                          "write handler: {backend: torch}")
+    merged = {**model_config, **overlay}
+    if handler or "handler" in model_config:
+        merged["handler"] = {**(model_config.get("handler") or {}), **handler}
+    return merged
 
 
 def handler_class(handler: Path) -> type[ModelHandler]:
@@ -178,11 +209,13 @@ def _files(path: Path, value: Any, root: Path, reserved: set[str]) -> tuple[Path
     return files
 
 
-def _model_config(path: Path, value: Any, handler: Path, files: tuple[Path, ...]) -> dict[str, Any]:
+def _model_config(path: Path, value: Any, handler: Path, files: tuple[Path, ...],
+                  section: str = "model_config") -> dict[str, Any]:
+    """Check a model-config (`section` names where its keys come from in messages: model_config or gpu)."""
     if not isinstance(value, dict):
         raise ConfigError(path, "model_config", "expected a mapping", "see configs/models/*.yaml")
     for key, item in value.items():
-        where = f"model_config.{key}"
+        where = f"{section}.{key}"
         if key in COUNT_KEYS:
             low = COUNT_KEYS[key]
             if isinstance(item, bool) or not isinstance(item, int) or item < low:
@@ -197,23 +230,24 @@ def _model_config(path: Path, value: Any, handler: Path, files: tuple[Path, ...]
             raise ConfigError(path, where, "not a TorchServe model-config key",
                               f"remove it or use one of {known}")
     if value.get("minWorkers", 1) > value.get("maxWorkers", value.get("minWorkers", 1)):
-        raise ConfigError(path, "model_config.minWorkers", "is greater than maxWorkers",
+        raise ConfigError(path, f"{section}.minWorkers", "is greater than maxWorkers",
                           "make minWorkers <= maxWorkers")
-    _check_queue(path, value)
-    _check_handler_options(path, handler, value.get("handler"), files)
+    _check_queue(path, value, section)
+    _check_handler_options(path, handler, value.get("handler"), files, section)
     return value
 
 
-def _check_queue(path: Path, value: dict[str, Any]) -> None:
+def _check_queue(path: Path, value: dict[str, Any], section: str) -> None:
     """A queue that cannot hold one batch makes every batch wait out maxBatchDelay to fill."""
     queue, batch = value.get("jobQueueSize"), value.get("batchSize", 1)
     if queue is not None and queue < batch:
-        raise ConfigError(path, "model_config.jobQueueSize", f"{queue} is smaller than batchSize {batch}, "
+        raise ConfigError(path, f"{section}.jobQueueSize", f"{queue} is smaller than batchSize {batch}, "
                           "so a full batch can never wait in the queue",
                           f"make it >= {batch}: about latency budget (s) x measured requests/s")
 
 
-def _check_handler_options(path: Path, handler: Path, raw: Any, files: tuple[Path, ...]) -> None:
+def _check_handler_options(path: Path, handler: Path, raw: Any, files: tuple[Path, ...],
+                           section: str) -> None:
     """Parse the options as the worker will; a weights option must name one of `files`."""
     try:
         handler_type = handler_class(handler)
@@ -223,11 +257,11 @@ def _check_handler_options(path: Path, handler: Path, raw: Any, files: tuple[Pat
     try:
         options = parse_options(handler_type.Options, raw)
     except OptionsError as error:
-        raise ConfigError(path, f"model_config.handler.{error.key}", str(error),
+        raise ConfigError(path, f"{section}.handler.{error.key}", str(error),
                           f"see {handler_type.__name__}.Options in {handler}") from None
     weights = getattr(options, "weights", None)
     if weights is not None and weights not in {file.name for file in files}:
-        raise ConfigError(path, "model_config.handler.weights", f"{weights!r} is not among files:",
+        raise ConfigError(path, f"{section}.handler.weights", f"{weights!r} is not among files:",
                           "name one of the files listed under files: (by its file name)")
 
 

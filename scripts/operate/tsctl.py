@@ -42,6 +42,7 @@ from scripts.config.files import ConfigError, read_properties
 from scripts.operate import recycle
 from scripts.operate.canary import TOKEN_FIX, describe, gate_at, inference_keys
 from scripts.operate.drain import draining_marker, hold
+from scripts.operate.engine_status import engines_by_worker, with_engines
 from scripts.operate.policy import read_policy
 from scripts.operate.rollout import (
     Exit,
@@ -129,8 +130,9 @@ def run(args: argparse.Namespace) -> Any:
     log = RolloutLog(args.log, getattr(args, "model", ""))
     with client:
         if args.command == "status":
-            return {model["modelName"]: registered(client, model["modelName"]).__dict__
-                    for model in client.list_models() if args.model in (None, model["modelName"])}
+            states = {model["modelName"]: registered(client, model["modelName"]).__dict__
+                      for model in client.list_models() if args.model in (None, model["modelName"])}
+            return with_engines(states, engines_by_worker(client.metrics_url))
         if args.command == "versions":
             now = registered(client, args.model)
             return {**now.__dict__, "rollback_to": rollback_target(now, log)}

@@ -18,6 +18,7 @@ def version_rows(model: str, default: str | None, versions: dict[str, dict[str, 
             f"{states.get('READY', 0)}/{entry.get('minWorkers', '?')}-{entry.get('maxWorkers', '?')}",
             ", ".join(f"{count} {state}" for state, count in sorted(states.items())) or "no workers",
             str(entry.get("batchSize", "?")), f"{entry.get('maxBatchDelay', '?')} ms",
+            ", ".join(sorted(set(entry.get("engines", {}).values()))) or "?",
         ])
     return rows
 
@@ -28,7 +29,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
                      for row in [header, *rows])
 
 
-HEADER = ["MODEL", "VERSION", "DEFAULT", "READY/MIN-MAX", "WORKERS", "BATCH", "DELAY"]
+HEADER = ["MODEL", "VERSION", "DEFAULT", "READY/MIN-MAX", "WORKERS", "BATCH", "DELAY", "ENGINE"]
 
 
 def show_status(models: dict[str, dict[str, Any]]) -> None:

@@ -49,6 +49,11 @@ def write(tmp_path: Path, **changes: object) -> Path:
         ({"files": ["build/weights/tabular/tabular.safetensors", "handlers/tabular.py"]}, "files",
          "rename"),
         ({"example": {"content_type": "image/png", "file": 5}}, "example", "content_type"),
+        ({"gpu": [64]}, "gpu", "batchSize: 64"),
+        ({"gpu": {"batchSize": 0}}, "gpu.batchSize", "batchSize: 1"),
+        ({"gpu": {"jobQueueSize": 32, "batchSize": 64}}, "gpu.jobQueueSize", ">= 64"),
+        ({"gpu": {"handler": {"backend": "tensorrt"}}}, "gpu.handler.backend", "TabularHandler.Options"),
+        ({"gpu": {"handler": "fast"}}, "gpu.handler", "handler: {backend: torch}"),
     ],
 )
 def test_each_mistake_names_file_key_and_fix(
@@ -99,3 +104,21 @@ def test_archive_is_self_contained_and_not_rebuilt_when_unchanged(
     assert archive.main([config, "--store", str(store)]) == 0
     assert "up to date" in caplog.text
     assert mar.stat().st_mtime_ns == first
+
+
+def test_the_gpu_profile_lays_its_keys_over_model_config_and_merges_handler_options(tmp_path: Path) -> None:
+    path = write(tmp_path, gpu={"batchSize": 64, "jobQueueSize": 256, "handler": {"precision": "fp16"}})
+    cpu, gpu = load_spec(path), load_spec(path, device="gpu")
+    assert (cpu.model_config, cpu.device) == (GOOD["model_config"], "cpu")
+    assert gpu.device == "gpu"
+    assert gpu.model_config == {**GOOD["model_config"], "batchSize": 64, "jobQueueSize": 256,
+                                "handler": {**GOOD["model_config"]["handler"], "precision": "fp16"}}
+
+
+def test_archive_device_gpu_packs_the_gpu_profile_and_rebuilds_when_the_device_changes(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    path = write(tmp_path, gpu={"batchSize": 64, "jobQueueSize": 256})
+    for device, batch in (("gpu", 64), ("cpu", GOOD["model_config"]["batchSize"])):
+        assert archive.main([str(path), "--store", str(store), "--device", device]) == 0
+        with zipfile.ZipFile(store / "tabular.mar") as packed:
+            assert yaml.safe_load(packed.read("model-config.yaml"))["batchSize"] == batch

@@ -20,12 +20,13 @@ from PIL import Image
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.architectures import DIGITS_SIDE
-from handlers.base import ModelHandler, pick_device
+from handlers.base import ModelHandler
 from handlers.digits import DigitsHandler
 from handlers.engines import TorchEngine
 from handlers.images import to_digit_tensor
 from handlers.minilm import MiniLMHandler
 from handlers.options import parse_options
+from handlers.placement import pick_device
 from handlers.tabular import TabularHandler
 from scripts.config.model import CONFIG_DIR, load_spec
 

@@ -199,15 +199,18 @@ class ModelHandler(BaseHandler):
                     time.perf_counter() - started, self.placement.label, self.options.backend)
 
     def warm_up(self, instances: list[Any]) -> None:
-        """Run every batch size this worker will see with every instance shape, before READY.
+        """Run the warm-up batch sizes (runtime.batch_sizes) with every instance shape, before READY.
 
         The first pass at a new shape pays for allocations, kernel selection and,
         with compile, compilation; paying here keeps it out of the first requests.
         """
         started = time.perf_counter()
-        for instance in instances:
+        for number, instance in enumerate(instances, start=1):
             for size in self.batch_sizes:
                 self.forward_batch([instance] * size, size * len(instance))
+            if number < len(instances):  # progress for `make serve`, which shows a model as warming
+                logger.info("warm-up: input shape %d of %d done (%.1fs)", number, len(instances),
+                            time.perf_counter() - started)
         logger.info("warm-up: batch sizes %s x %d input shapes in %.1fs", self.batch_sizes,
                     len(instances), time.perf_counter() - started)
 

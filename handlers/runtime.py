@@ -91,12 +91,20 @@ class RuntimeOptions:
 
 
 def batch_sizes(batch_size: int, buckets: bool) -> list[int]:
-    """The batch sizes a handler sees: powers of two up to batchSize with buckets, else 1..batchSize."""
-    if not buckets:
-        return list(range(1, batch_size + 1))
+    """The batch sizes warmed before READY: powers of two up to batchSize, and batchSize itself.
+
+    With buckets these are exactly the shapes the engine meets (the last bucket may pass
+    batchSize), so each is warmed, compiled or not. An eager engine (torch, ONNX Runtime)
+    meets every size from 1 to batchSize, but a new size costs it only allocator growth
+    and kernel choice, which a few sizes cover: warming all of them made minilm's warm-up
+    grow with batchSize (64 sizes x 5 lengths = 320 passes, 32 s on a GPU). make gpu-check
+    and make coldstart measure the first request of a size against its median.
+    """
     sizes = [1]
     while sizes[-1] < batch_size:
         sizes.append(sizes[-1] * 2)
+    if not buckets:
+        sizes[-1] = batch_size
     return sizes
 
 

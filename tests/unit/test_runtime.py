@@ -23,10 +23,12 @@ TABULAR = Path("configs/models/tabular.yaml")
 WEIGHTS = sorted(Path("build/weights").glob("*/*.safetensors"))
 
 
-def test_bucket_sizes_are_powers_of_two_up_to_the_batch_size() -> None:
+def test_warmed_sizes_are_powers_of_two_up_to_the_batch_size() -> None:
     assert batch_sizes(16, buckets=True) == [1, 2, 4, 8, 16]
     assert batch_sizes(5, buckets=True) == [1, 2, 4, 8]
     assert batch_sizes(3, buckets=False) == [1, 2, 3]
+    assert batch_sizes(64, buckets=False) == [1, 2, 4, 8, 16, 32, 64]  # eager: a few sizes, not 64
+    assert batch_sizes(5, buckets=False) == [1, 2, 4, 5]
     assert length_buckets(256) == [16, 32, 64, 128, 256]
     assert length_buckets(100) == [16, 32, 64, 100]
 
@@ -82,7 +84,7 @@ def test_mapped_weights_equal_safetensors_own_loader_and_live_in_the_file(path: 
     assert str(path.resolve()) in maps  # file-backed pages, shareable between workers
 
 
-def test_warm_up_runs_every_batch_size_the_worker_will_see(tmp_path: Path) -> None:
+def test_warm_up_runs_every_bucket_and_a_few_sizes_of_an_eager_engine(tmp_path: Path) -> None:
     def sizes_seen(options: dict) -> set[int]:
         handler = EchoHandler()
         seen: set[int] = set()
@@ -94,11 +96,11 @@ def test_warm_up_runs_every_batch_size_the_worker_will_see(tmp_path: Path) -> No
             return module
 
         handler.load_model = load_model  # type: ignore[method-assign]
-        LocalModel(handler, "echo", tmp_path, {"batchSize": 8, "handler": options})
+        LocalModel(handler, "echo", tmp_path, {"batchSize": 12, "handler": options})
         return seen
 
-    assert sizes_seen({}) == set(range(1, 9))
-    assert sizes_seen({"static_shapes": True}) == {1, 2, 4, 8}
+    assert sizes_seen({}) == {1, 2, 4, 8, 12}  # eager: powers of two, then batchSize itself
+    assert sizes_seen({"static_shapes": True}) == {1, 2, 4, 8, 16}  # every bucket it pads to
     assert sizes_seen({"warmup": False}) == set()
 
 

@@ -33,6 +33,7 @@ help:
 	@echo "make coldstart                                 first request after READY, warm-up on/off"
 	@echo "make memory MODEL=minilm                       RSS/PSS of 1, 2, 4 workers, mmap on/off"
 	@echo "make overload MODEL=tabular                    2x saturation for 60 s: p99 accepted, share refused, time to refuse"
+	@echo "make gpu-check [GPU_CHECK_ARGS=...]           on a CUDA machine: GPU vs CPU in-process, then served on the GPU"
 	@echo "make worst-batch [MODELS=\"digits minilm\"]     the worst legal batch vs responseTimeout, in-process and served"
 	@echo "make status                                    models, versions, default, workers (tsctl status)"
 	@echo "make rollout MODEL=tabular VERSION=2.0         gate a new version, then make it the default"
@@ -142,6 +143,12 @@ memory: install-dev models
 .PHONY: overload
 overload: install-dev models
 	$(PY) -m scripts.measure.overload --model $(MODEL) $(OVERLOAD_ARGS)
+
+# On a CUDA machine: every model on the GPU against the CPU in-process, then served on the GPU
+# (docs/performance/gpu-*.json). Without CUDA it says so and exits 0.
+.PHONY: gpu-check
+gpu-check: install-dev models
+	$(PY) -m scripts.measure.gpu_check $(GPU_CHECK_ARGS)
 
 # The biggest batch of legal requests each handler's budgets allow, timed against the YAML's
 # responseTimeout (results/worst-batch/); the margin should stay at least 3x.

@@ -46,7 +46,7 @@ help:
 	@echo "make install-dev                               + the test and benchmark extras, gRPC stubs"
 	@echo "make java                                      check that Java 17 (TorchServe's frontend) is installed"
 	@echo "make archive / make models / make lint / make clean / make help"
-	@echo "make image [BASE=...]                          the serving image torchserve-toolkit:latest (podman)"
+	@echo "make image [BASE=...] [DEVICE=gpu]             the serving image torchserve-toolkit:latest (:gpu, CUDA) (podman)"
 	@echo "make test-image                                the image's end-to-end test (podman, after make image)"
 
 install: $(VENV)/.installed
@@ -177,8 +177,9 @@ monitor: install prometheus
 
 # The serving image (docs/container.md): podman, runc and mmdebstrap come from apt when missing;
 # the Debian base and the wheelhouse are cached under build/image/. BASE=... builds on another base.
+# DEVICE=gpu: the CUDA image torchserve-toolkit:gpu (PyPI's CUDA torch, nvgpu), archived with the gpu: profiles.
 image: archive
-	$(PY) -m scripts.deploy.image $(if $(BASE),--base $(BASE))
+	$(PY) -m scripts.deploy.image --device $(DEVICE) $(if $(BASE),--base $(BASE))
 
 test-image: install-dev image
 	$(PY) -m pytest tests/image

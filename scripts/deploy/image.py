@@ -18,7 +18,13 @@ step cached under build/image/ so that a second run takes seconds:
 It ends with the image's size. podman runs with CONTAINERS_CONF=deploy/container/containers.conf
 (runc, and ulimits this machine allows).
 
-    python -m scripts.deploy.image [--base IMAGE] [--tag TAG]
+    python -m scripts.deploy.image [--base IMAGE] [--tag TAG] [--device gpu]
+
+`--device gpu` (`make image DEVICE=gpu`) builds the CUDA image `torchserve-toolkit:gpu` on the same
+Debian base: PyPI's CUDA build of torch 2.13.0 carries the CUDA libraries it needs (only the host's
+driver comes from outside, through the NVIDIA container toolkit), plus nvgpu, which TorchServe's
+GPU metrics import; `make image DEVICE=gpu` archives the models with their YAML's gpu: profile.
+ONNX Runtime stays the CPU build: `backend: auto` runs torch on a GPU worker (handlers/placement.py).
 """
 
 from __future__ import annotations
@@ -50,6 +56,13 @@ BASE_TAR = BUILD_DIR / "base.tar"
 BASE_RECIPE_FILE = BUILD_DIR / "base.recipe"  # the mmdebstrap command that made base.tar
 WHEELS = BUILD_DIR / "wheels"
 TAG = "torchserve-toolkit:latest"
+GPU_TAG = "torchserve-toolkit:gpu"
+# Only in the CUDA image: TorchServe's system metrics import nvgpu for GPUUtilization and GPUMemoryUsed,
+# and without it log a ModuleNotFoundError on every collection.
+GPU_EXTRAS = ("nvgpu==0.9.0",)
+# The CUDA torch wheel is on PyPI itself; --isolated ignores this machine's pip configuration, whose
+# local index holds the CPU wheel under the same version.
+GPU_INDEX = ["--isolated", "--index-url", "https://pypi.org/simple"]
 BASE_IMAGE = "localhost/torchserve-toolkit-base:bookworm"
 IMAGE_PYTHON = (3, 11)  # bookworm's python3: the wheelhouse must be for this interpreter
 TOOLS = {"podman": "podman", "runc": "runc", "mmdebstrap": "mmdebstrap"}  # command: Debian package
@@ -120,12 +133,43 @@ def ensure_base() -> None:
         run(["podman", "import", str(BASE_TAR), BASE_IMAGE], env=podman_env(), stdout=subprocess.DEVNULL)
 
 
-def requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
-    """What serving needs: the project's core dependencies, less BUILD_ONLY (no dev or bench extras)."""
+def requirements(pyproject: Path = ROOT / "pyproject.toml", device: str = "cpu") -> list[str]:
+    """What serving needs: the project's core dependencies, less BUILD_ONLY (no dev or bench extras),
+    plus GPU_EXTRAS in the CUDA image."""
     import tomllib  # Python 3.11+, which the wheelhouse needs anyway (checked before this runs)
 
     declared = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
-    return [line for line in declared if canonicalize_name(Requirement(line).name) not in BUILD_ONLY]
+    serving = [line for line in declared if canonicalize_name(Requirement(line).name) not in BUILD_ONLY]
+    return serving + list(GPU_EXTRAS) if device == "gpu" else serving
+
+
+def constraints(serving: Sequence[str], device: str = "cpu") -> list[str]:
+    """The venv's pins of what `serving` needs; for the CUDA image, torch without the CPU build's
+    local version (+cpu) and the GPU extras as requirements.txt pins them (this venv lacks them)."""
+    extras = {canonicalize_name(Requirement(line).name) for line in GPU_EXTRAS}
+    pins = venv_pins([line for line in serving if canonicalize_name(Requirement(line).name) not in extras])
+    if device == "gpu":
+        pins = [pin.split("+", 1)[0] if pin.startswith("torch==") else pin for pin in pins]
+    return pins
+
+
+def download_command(python: Path, device: str) -> list[str]:
+    """pip download of the wheelhouse: the CPU torch from this machine's index, the CUDA one from PyPI."""
+    return [str(python), "-m", "pip", "download", "--progress-bar", "on", "--only-binary=:all:",
+            *(GPU_INDEX if device == "gpu" else []), "--dest", str(WHEELS),
+            "-r", str(WHEELS / "requirements.txt"), "-c", str(WHEELS / "constraints.txt")]
+
+
+def check_torch_wheel(device: str) -> None:
+    """The CPU image must not ship the several-GB CUDA torch by accident, nor the CUDA one a CPU torch."""
+    torch = sorted(WHEELS.glob("torch-*.whl"))
+    cpu_build = [wheel for wheel in torch if "+cpu" in wheel.name]
+    if device == "cpu" and (not torch or len(cpu_build) != len(torch)):
+        raise ImageError(f"the wheelhouse's torch is {[w.name for w in torch]}, not the CPU build; "
+                         "a CUDA torch is several GB: build the CUDA image with DEVICE=gpu")
+    if device == "gpu" and (not torch or cpu_build):
+        raise ImageError(f"the wheelhouse's torch is {[w.name for w in torch]}, not PyPI's CUDA build; "
+                         "delete build/image/wheels and run `make image DEVICE=gpu` again")
 
 
 def venv_pins(wanted: Sequence[str]) -> list[str]:
@@ -152,36 +196,35 @@ def venv_pins(wanted: Sequence[str]) -> list[str]:
     return sorted(pins)
 
 
-def ensure_wheelhouse(python: Path) -> None:
+def ensure_wheelhouse(python: Path, device: str = "cpu") -> None:
     """`pip download` the pinned requirements into build/image/wheels/, unless the pins are unchanged.
 
-    `python` is this venv's interpreter, whose pip downloads.
+    `python` is this venv's interpreter, whose pip downloads; `device` gpu fills it for the CUDA image.
     """
     if sys.version_info[:2] != IMAGE_PYTHON:
         raise ImageError(f"the wheelhouse is downloaded for this interpreter (Python "
                          f"{sys.version_info[0]}.{sys.version_info[1]}), but the image runs Python "
                          f"{IMAGE_PYTHON[0]}.{IMAGE_PYTHON[1]}; run `make image` with a 3.11 venv")
-    serving = requirements()
+    serving = requirements(device=device)
     wanted = {"requirements.txt": "\n".join(serving) + "\n",
-              "constraints.txt": "\n".join(venv_pins(serving)) + "\n"}
-    digest = hashlib.sha256("".join(wanted.values()).encode()).hexdigest()
+              "constraints.txt": "\n".join(constraints(serving, device)) + "\n"}
+    digest = hashlib.sha256((device + "".join(wanted.values())).encode()).hexdigest()
     stamp = WHEELS / ".complete"
     if stamp.exists() and stamp.read_text() == digest:
         logger.info("==> wheelhouse: %s matches the venv's pins", WHEELS.relative_to(ROOT))
         return
-    logger.info("==> wheelhouse: pip download into %s (torch's CPU wheel is about 190 MB)",
-                WHEELS.relative_to(ROOT))
+    logger.info("==> wheelhouse: pip download into %s (%s)", WHEELS.relative_to(ROOT),
+                "torch's CPU wheel is about 190 MB" if device == "cpu" else
+                "torch's CUDA wheel and its nvidia-* libraries are several GB")
+    if WHEELS.exists():  # the other device's torch must not linger beside this one's
+        for wheel in WHEELS.glob("torch-*.whl"):
+            wheel.unlink()
     WHEELS.mkdir(parents=True, exist_ok=True)
     stamp.unlink(missing_ok=True)
     for name, text in wanted.items():
         (WHEELS / name).write_text(text)
-    run([str(python), "-m", "pip", "download", "--progress-bar", "on", "--only-binary=:all:",
-         "--dest", str(WHEELS), "-r", str(WHEELS / "requirements.txt"),
-         "-c", str(WHEELS / "constraints.txt")])
-    torch = sorted(WHEELS.glob("torch-*.whl"))
-    if not torch or any("+cpu" not in wheel.name for wheel in torch):
-        raise ImageError(f"the wheelhouse's torch is {[w.name for w in torch]}, not the CPU build; "
-                         "a CUDA torch is several GB: see docs/container.md")
+    run(download_command(python, device))
+    check_torch_wheel(device)
     stamp.write_text(digest)
 
 
@@ -211,14 +254,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--base", default=BASE_IMAGE,
                         help="base image (BASE build argument); anything but the default skips mmdebstrap")
-    parser.add_argument("--tag", default=TAG)
+    parser.add_argument("--tag", help=f"default: {TAG}, or {GPU_TAG} with --device gpu")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                        help="gpu: the CUDA image (PyPI's CUDA torch, nvgpu); archive with DEVICE=gpu first")
     args = parser.parse_args(argv)
+    args.tag = args.tag or (GPU_TAG if args.device == "gpu" else TAG)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     started = time.monotonic()
     try:
         check_inputs()
         ensure_tools()
-        steps = [("wheelhouse", lambda: ensure_wheelhouse(Path(sys.executable))),
+        steps = [("wheelhouse", lambda: ensure_wheelhouse(Path(sys.executable), args.device)),
                  ("image", lambda: build(args.tag, args.base))]
         if args.base == BASE_IMAGE:
             steps.insert(0, ("base", ensure_base))

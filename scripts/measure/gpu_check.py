@@ -293,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=20.0, help="load per served run")
     parser.add_argument("--no-served", action="store_true", help="in-process only (no Java needed)")
+    parser.add_argument("--inprocess", type=Path,
+                        help="serve only, with the in-process figures of an earlier run's gpu-inprocess.json")
     parser.add_argument("--cpu-only", action="store_true", help="no GPU: the CPU stands in for it")
     parser.add_argument("--out", type=Path,
                         help="default: docs/performance (results/gpu-check with --cpu-only)")
@@ -309,7 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (Path("results/gpu-check") if args.cpu_only else Path("docs/performance"))
     out.mkdir(parents=True, exist_ok=True)
     facts = environment(gpu)
-    inprocess = {"environment": facts, "models": in_process(args.models, args.batches, args.rounds, gpu)}
+    if args.inprocess:
+        inprocess = json.loads(args.inprocess.read_text())
+    else:
+        inprocess = {"environment": facts, "models": in_process(args.models, args.batches, args.rounds, gpu)}
     (out / "gpu-inprocess.json").write_text(json.dumps(inprocess, indent=2) + "\n")
     logger.info("==> wrote %s", out / "gpu-inprocess.json")
     if args.no_served:

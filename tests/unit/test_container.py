@@ -99,3 +99,17 @@ def test_the_pins_are_the_venvs_versions_of_what_serving_needs_only() -> None:
     assert pins["torch"].startswith("2.13.0") and pins["torchserve"] == "0.12.0"
     assert {"numpy", "tokenizers", "psutil"} <= set(pins)  # a direct need, and needs of needs
     assert not {"pytest", "ruff", "sentence-transformers", "locust", "scikit-learn"} & set(pins)
+
+
+def test_the_cuda_image_adds_nvgpu_and_takes_pypis_cuda_torch() -> None:
+    """`make image DEVICE=gpu`: not built here (several GB, no GPU), so its plan is checked."""
+    serving = image.requirements(device="gpu")
+    assert "nvgpu==0.9.0" in serving and "torch==2.13.0" in serving
+    assert "onnxruntime>=1.20" in serving  # the CPU build: backend auto runs torch on a GPU worker
+    pins = image.constraints(serving, "gpu")
+    assert "torch==2.13.0" in pins and not any("+cpu" in pin for pin in pins)
+    assert not any(pin.startswith("nvgpu") for pin in pins)  # this venv lacks it; requirements pin it
+    command = image.download_command(Path("python"), "gpu")
+    assert command[command.index("--index-url") + 1] == "https://pypi.org/simple" and "--isolated" in command
+    assert "--isolated" not in image.download_command(Path("python"), "cpu")
+    assert any(pin.startswith("torch==2.13.0+cpu") for pin in image.constraints(image.requirements(), "cpu"))

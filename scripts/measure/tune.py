@@ -3,6 +3,7 @@ that costs least at every one of them.
 
     python -m scripts.measure.tune --model minilm [--concurrency 1 8 32] [--p99-budget-ms 500]
         [--batch-sizes 1 8 16] [--delays 1 2 10] [--workers 1] [--rounds 2] [--duration 6] [--quick]
+        [--device gpu]   (the default where CUDA works: the YAML's gpu: profile, TorchServe's GPUs)
 
 Every combination is registered at once on one private TorchServe (the model's
 archive under another name, with `batch_size`, `max_batch_delay` and a worker
@@ -31,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from scripts.build.archive import build_archive
@@ -69,20 +71,23 @@ def best(rows: list[dict[str, Any]], budget_ms: float | None) -> dict[str, Any] 
     return max((row for row in rows if fits(row)), key=lambda row: row["score"], default=None)
 
 
-def recommendation_yaml(model: str, row: dict[str, Any], budget_ms: float | None) -> str:
+def recommendation_yaml(model: str, row: dict[str, Any], budget_ms: float | None, device: str = "cpu") -> str:
+    """The chosen setting as a snippet of the model YAML: model_config, or the gpu: profile on a GPU."""
     combo = row["combination"]
-    snippet = {"model_config": {"batchSize": combo["batch_size"], "maxBatchDelay": combo["max_batch_delay"],
-                                "minWorkers": combo["workers"], "maxWorkers": combo["workers"]}}
+    section = "gpu" if device == "gpu" else "model_config"
+    snippet = {section: {"batchSize": combo["batch_size"], "maxBatchDelay": combo["max_batch_delay"],
+                         "minWorkers": combo["workers"], "maxWorkers": combo["workers"]}}
     loads = ", ".join(f"{c} clients {cell['throughput']:.1f} req/s "
                       f"({100 * row['ratios'][c]:.0f}% of the best)" for c, cell in row["cells"].items())
     budget = f", p99 <= {budget_ms:g} ms at every load" if budget_ms is not None else ""
     return (f"# make tune MODEL={model}: the setting whose worst ratio to the best at each load is highest"
-            f"{budget}\n# measured: {loads}. Copy these keys into configs/models/{model}.yaml.\n"
+            f"{budget}\n# measured: {loads}. Copy these keys into configs/models/{model}.yaml ({section}:).\n"
             + yaml.safe_dump(snippet, sort_keys=False))
 
 
 def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
-    spec = load_spec(CONFIG_DIR / f"{args.model}.yaml")
+    spec = load_spec(CONFIG_DIR / f"{args.model}.yaml", device=args.device)
+    gpus = torch.cuda.device_count() if args.device == "gpu" else 0
     grid = itertools.product(args.batch_sizes, args.delays, args.workers)
     # batchSize 1 never waits, whatever the delay: one setting, not one per delay
     combos = list(dict.fromkeys(Combination(b, d if b > 1 else 0, w) for b, d, w in grid))
@@ -90,9 +95,11 @@ def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix=f"tune-{args.model}-") as tmp:
         workdir = Path(tmp)
         bodies = workload(args.model).write(workdir / "bodies.json")
-        print(f"==> building {spec.name}.mar and starting TorchServe", flush=True)
+        print(f"==> building {spec.name}.mar ({args.device} profile) and starting TorchServe "
+              f"(number_of_gpu={gpus})", flush=True)
         build_archive(spec, workdir / "store")
-        with LocalServer.start(workdir / "server", workdir / "store", []) as server:
+        with LocalServer.start(workdir / "server", workdir / "store", [],
+                               extra={"number_of_gpu": str(gpus)}) as server:
             names = {}
             for number, combo in enumerate(combos, 1):
                 names[combo] = f"{spec.name}_tune{number}"
@@ -147,7 +154,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float)
     parser.add_argument("--quick", action="store_true", help="a small grid and short runs")
     parser.add_argument("--out", type=Path, default=Path("results/tune"))
+    parser.add_argument("--device", choices=("cpu", "gpu"),
+                        help="the YAML profile and TorchServe's GPUs (default: gpu with CUDA, else cpu)")
     args = parser.parse_args(argv)
+    args.device = args.device or ("gpu" if torch.cuda.is_available() else "cpu")
     args.batch_sizes = args.batch_sizes or ([1, 16] if args.quick else [1, 8, 16])
     args.delays = args.delays or ([1] if args.quick else [1, 2, 10])
     args.workers = args.workers or [1]
@@ -171,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no combination ran without errors and within the p99 budget at every load; "
               "raise the budget, drop a concurrency or add workers")
         return 1
-    text = recommendation_yaml(args.model, chosen, args.p99_budget_ms)
+    text = recommendation_yaml(args.model, chosen, args.p99_budget_ms, args.device)
     (out / "recommendation.yaml").write_text(text)
     print(f"recommended (written to {out / 'recommendation.yaml'}):\n{text}")
     print(f"wrote {out}/ in {time.monotonic() - started:.0f}s")

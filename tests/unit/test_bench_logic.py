@@ -15,6 +15,7 @@ from typing import Any
 import psutil
 import pytest
 import torch
+import yaml
 
 from scripts.config.model import CONFIG_DIR, load_spec
 from scripts.measure.bench import median_result, ratios
@@ -164,6 +165,10 @@ def test_tune_picks_the_setting_whose_worst_load_costs_least() -> None:
     text = recommendation_yaml("tabular", chosen, None)
     assert "batchSize: 16\n  maxBatchDelay: 1\n  minWorkers: 1\n  maxWorkers: 1" in text
     assert "1 clients 290.0 req/s (54% of the best)" in text
+    assert yaml.safe_load(text) == {"model_config": {"batchSize": 16, "maxBatchDelay": 1, "minWorkers": 1,
+                                                     "maxWorkers": 1}}
+    on_gpu = yaml.safe_load(recommendation_yaml("tabular", chosen, None, device="gpu"))
+    assert list(on_gpu) == ["gpu"] and on_gpu["gpu"]["batchSize"] == 16  # tuned on a GPU: the gpu: profile
 
 
 def test_breakdown_sorts_profile_samples_into_stages_by_the_innermost_known_frame() -> None:

@@ -18,7 +18,7 @@ OPTIONS       ?= backend=torch backend=onnx backend=torch,quantize=int8 backend=
                  backend=torch,static_shapes=true
 
 .PHONY: help install install-dev java models archive serve stop test test-unit test-e2e lint clean bench tune \
-        bench-check bench-options breakdown coldstart memory status rollout rollback image test-image
+        bench-check bench-options breakdown overhead coldstart memory status rollout rollback image test-image
 
 help:
 	@echo "make serve   install what serving needs, build the example models and archives, start TorchServe"
@@ -28,11 +28,13 @@ help:
 	@echo "make bench MODEL=minilm [BENCH_ARGS=--quick]   benchmark one model (results/bench/)"
 	@echo "make tune MODEL=minilm [P99_MS=500]            batch settings at 1, 8, 32 clients; recommend the one that never costs"
 	@echo "make breakdown MODEL=minilm [CONCURRENCY=32]   where a request's time goes: queue, stages, CPU, profile"
+	@echo "make overhead [OVERHEAD_ARGS=--batch 256]       handler work per request around an instant engine, vs 5dcb478"
 	@echo "make bench-check                               quick run vs configs/bench-baseline.json"
 	@echo "make bench-options MODEL=minilm [OPTIONS=...]  each speed option beside the YAML's settings"
 	@echo "make coldstart                                 first request after READY, warm-up on/off"
 	@echo "make memory MODEL=minilm                       RSS/PSS of 1, 2, 4 workers, mmap on/off"
 	@echo "make overload MODEL=tabular                    2x saturation for 60 s: p99 accepted, share refused, time to refuse"
+	@echo "make frontend MODEL=tabular                    TorchServe's frontend logging side by side (Java CPU per request)"
 	@echo "make gpu-check [GPU_CHECK_ARGS=...]           on a CUDA machine: GPU vs CPU in-process, then served on the GPU"
 	@echo "make worst-batch [MODELS=\"digits minilm\"]     the worst legal batch vs responseTimeout, in-process and served"
 	@echo "make status                                    models, versions, default, workers (tsctl status)"
@@ -126,6 +128,11 @@ tune: install-dev models
 breakdown: install-dev models
 	$(PY) -m scripts.measure.breakdown --model $(MODEL) --concurrency $(CONCURRENCY) $(BREAKDOWN_ARGS)
 
+# What the GPU waits for: handle()'s own work per request (engine swapped for an instant one), this tree
+# beside the commit before it was cut, rounds interleaved (results/overhead/).
+overhead: install-dev models
+	$(PY) -m scripts.measure.overhead $(OVERHEAD_ARGS)
+
 bench-check: install-dev models
 	$(PY) -m scripts.measure.bench_check
 
@@ -143,6 +150,11 @@ memory: install-dev models
 .PHONY: overload
 overload: install-dev models
 	$(PY) -m scripts.measure.overload --model $(MODEL) $(OVERLOAD_ARGS)
+
+# TorchServe's frontend settings side by side (its logging vs configs/log4j2.xml, async logging).
+.PHONY: frontend
+frontend: install-dev models
+	$(PY) -m scripts.measure.frontend --model $(MODEL) $(FRONTEND_ARGS)
 
 # On a CUDA machine: every model on the GPU against the CPU in-process, then served on the GPU
 # (docs/performance/gpu-*.json). Without CUDA it says so and exits 0.

@@ -52,12 +52,10 @@ from scripts.config.model import CONFIG_DIR, load_spec
 from scripts.harness import LocalModel, RawRequest, Result
 from scripts.measure.loadgen import run_load, workload
 from scripts.operate.engine_status import engines_by_worker
-from scripts.serve.local import LocalServer
+from scripts.serve.local import LocalServer, project_frontend
 
 logger = logging.getLogger(__name__)
 MODELS = ("tabular", "digits", "minilm")
-LOG4J = Path("configs/log4j2.xml")
-PROJECT_FRONTEND = {"async_logging": "true"}  # plus vmargs naming configs/log4j2.xml (absolute)
 
 
 class TimedEngine:
@@ -202,8 +200,7 @@ def served(models: Sequence[str], inprocess: dict[str, Any], clients: int, secon
     configs = [str(CONFIG_DIR / f"{model}.yaml") for model in models]
     if archive.main([*configs, "--store", str(store), "--device", "gpu"]) != 0:
         raise RuntimeError("the GPU-profile archives did not build (the log above says why)")
-    project = {"number_of_gpu": str(gpus), "vmargs": f"-Dlog4j.configurationFile={LOG4J.resolve()}",
-               **PROJECT_FRONTEND}
+    project = {"number_of_gpu": str(gpus), **project_frontend()}
     found: dict[str, Any] = {"runs": []}
     logger.info("==> served: %s, %d clients, %.0f s each (number_of_gpu=%d)", ", ".join(models), clients,
                 seconds, gpus)

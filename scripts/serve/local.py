@@ -25,6 +25,14 @@ from scripts.client.rest import KeyFile, TorchServeClient, TorchServeError
 from scripts.config.model import METRICS_CONFIG
 from scripts.serve.server import torchserve_command, wait_until_ready
 
+LOG4J = Path("configs/log4j2.xml")  # TorchServe's log configuration with the per-request DEBUG lines off
+
+
+def project_frontend() -> dict[str, str]:
+    """The frontend properties configs/*.properties ship: our log4j2.xml (absolute here, since a
+    private server runs in its own directory) and log4j's asynchronous loggers."""
+    return {"vmargs": f"-Dlog4j.configurationFile={LOG4J.resolve()}", "async_logging": "true"}
+
 
 def free_port() -> int:
     with socket.socket() as probe:

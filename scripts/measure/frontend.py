@@ -78,7 +78,8 @@ def measure(model: str, concurrency: list[int], rounds: int, duration: float) ->
                       f"p50 {result.p50_ms:6.1f} ms  Java CPU {java_ms:5.2f} ms/request", flush=True)
         for name in started:  # evidence that each variant logged as it says
             log = workdir / name / "logs" / "ts_log.log"
-            print(f"    {name}: ts_log.log has {sum(1 for _ in log.open(errors='replace'))} lines", flush=True)
+            lines = sum(1 for _ in log.open(errors="replace"))
+            print(f"    {name}: ts_log.log has {lines} lines", flush=True)
     return {f"{name} c={users}": {key: statistics.median(s[key] for s in runs) for key in runs[0]}
             for (name, users), runs in samples.items()}
 

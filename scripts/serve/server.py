@@ -10,9 +10,12 @@ without a key, keys renewed before they expire), prints a working curl line per
 model and tries each one.
 Before starting, `start` checks every archive TorchServe will load (scripts/build/store.py:
 a damaged or foreign one, or two archives of one model, stop it with exit 2). While
-waiting, a model whose workers crash-loop, or that is still not READY --ready-grace
-seconds after the others, is named with its worker log's last lines; the TorchServe
-just started is then stopped and the exit code is 1 (scripts/serve/startup.py).
+waiting, a model still loading is shown as warming every 10 s, with the last line its
+worker logged. A model is named as unable to load only on evidence: its worker died
+while loading, crash-loops, or its own startupTimeout (its archive's model-config)
+passed; never for being slower than the others. It is named with its worker log's
+last lines, the TorchServe just started is stopped and the exit code is 1
+(scripts/serve/startup.py).
 `stop` drains first (scripts/operate/drain.py: readiness false, the requests
 TorchServe accepted finish), then stops TorchServe and the keeper.
 """
@@ -36,9 +39,10 @@ from scripts.build.store import ArchiveError, check_startup, startup_archives
 from scripts.client.rest import KeyFile, TorchServeClient, TorchServeError, ready_workers
 from scripts.config.files import read_properties
 from scripts.config.model import CONFIG_DIR, ConfigError, Example, load_spec
+from scripts.deploy.sizing import FRONTEND_START_S
 from scripts.operate.drain import drain, draining_marker
 from scripts.serve import keeper
-from scripts.serve.startup import CannotLoad, LoadWatch
+from scripts.serve.startup import CannotLoad, LoadWatch, outer_timeout, startup_budgets
 
 logger = logging.getLogger(__name__)
 LOG_DIR = Path("logs")
@@ -55,7 +59,7 @@ def wait_until_ready(
     watch: LoadWatch | None = None,
 ) -> None:
     """Poll the management API until every model has a READY worker, or raise TimeoutError;
-    with a `watch`, raise CannotLoad as soon as a model shows it will not load."""
+    with a `watch`, raise CannotLoad as soon as a model shows it will not load, and log its progress."""
     pending = set(models)
     deadline = time.monotonic() + timeout
     while pending:
@@ -67,12 +71,8 @@ def wait_until_ready(
             if ready_workers(description) > 0:
                 pending.discard(name)
                 logger.info("  %s: READY", name)
-                if watch:
-                    watch.ready()
-            elif watch:
-                watch.observe(name, description)
-        if watch:
-            watch.check_trailing(pending)
+            elif watch and (progress := watch.observe(name, description)):
+                logger.info("  %s", progress)
         if pending and time.monotonic() > deadline:
             raise TimeoutError(f"not READY after {timeout:.0f}s: {sorted(pending)}; see {log_hint}")
         if pending:
@@ -110,8 +110,7 @@ def show_examples(client: TorchServeClient, store: Path) -> None:
         print(curl_line(url, example))
 
 
-def start(ts_config: Path, timeout: float, health_address: str = keeper.DEFAULT_HEALTH_ADDRESS,
-          watch: LoadWatch | None = None) -> int:
+def start(ts_config: Path, timeout: float, health_address: str = keeper.DEFAULT_HEALTH_ADDRESS) -> int:
     properties = read_properties(ts_config)
     store = Path(properties.get("model_store", "model_store"))
     try:  # TorchServe would register a damaged archive anyway, and two of one model in directory order
@@ -125,7 +124,9 @@ def start(ts_config: Path, timeout: float, health_address: str = keeper.DEFAULT_
         logger.error("error: %s loads no archive from %s (load_models=%s); run `make archive` first",
                      ts_config, store, properties.get("load_models", ""))
         return 1
-    watch = watch or LoadWatch(model_log=LOG_DIR / "model_log.log")
+    budgets = startup_budgets(archives)
+    watch = LoadWatch(budgets, model_log=LOG_DIR / "model_log.log")  # before the start: only its log counts
+    wait = outer_timeout(timeout, budgets)
     # --ncs: no config snapshots, so a later plain `torchserve --start` reads ./config.properties.
     command = torchserve_command("--start", "--ts-config", str(ts_config), "--ncs")
     logger.info("==> %s  (logs: %s/)", " ".join(command), LOG_DIR)
@@ -139,9 +140,10 @@ def start(ts_config: Path, timeout: float, health_address: str = keeper.DEFAULT_
         logger.error("error: torchserve did not start (is one already running? `make stop`)")
         return 1
     with TorchServeClient.from_properties(properties, KeyFile.read(Path("key_file.json"))) as client:
-        logger.info("==> waiting for READY workers: %s", ", ".join(models))
+        raised = "" if wait == timeout else f"; --timeout {timeout:.0f} is below the largest startupTimeout"
+        logger.info("==> waiting for READY workers: %s (at most %.0f s%s)", ", ".join(models), wait, raised)
         try:
-            wait_until_ready(client, models, timeout, LOG_DIR / "model_log.log", watch)
+            wait_until_ready(client, models, wait, LOG_DIR / "model_log.log", watch)
         except (CannotLoad, TimeoutError) as error:
             refuse_to_serve(error)
             return 1
@@ -160,9 +162,9 @@ def refuse_to_serve(error: CannotLoad | TimeoutError) -> None:
         if error.log:
             logger.error("  the last lines its workers wrote to %s:\n    %s", LOG_DIR / "model_log.log",
                          "\n    ".join(error.log))
-        logger.error("  fix: the traceback says why; `python -m scripts.build.store check ARCHIVE` checks "
-                     "an archive, `make archive` rebuilds it; take %s's .mar out of the store to serve the "
-                     "others", error.model)
+        logger.error("  fix: %s; take %s's .mar out of the store to serve the others", error.fix or (
+            "the traceback says why; `python -m scripts.build.store check ARCHIVE` checks an archive, "
+            "`make archive` rebuilds it"), error.model)
     pid = frontend_pid()
     logger.error("==> stopping the TorchServe this start launched (torchserve --stop)")
     if stop_started(pid):
@@ -222,9 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     start_parser = commands.add_parser("start", help="start TorchServe and wait for READY models")
     start_parser.add_argument("--ts-config", type=Path, default=Path("configs/local.properties"))
-    start_parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for READY")
-    start_parser.add_argument("--ready-grace", type=float, default=30.0,
-                              help="seconds a model may stay not READY after the others are (default 30)")
+    start_parser.add_argument(
+        "--timeout", type=float, default=300.0,
+        help=f"seconds to wait for every model to be READY (default 300); raised, if lower, to "
+             f"{FRONTEND_START_S} s for the frontend plus the largest startupTimeout of the archives, so it "
+             "never undercuts a model's own budget. Each model is also given up on by itself once its "
+             "startupTimeout passes")
+    start_parser.add_argument("--ready-grace", type=float, default=None,
+                              help="deprecated, ignored: a slow model is not failed for trailing the others")
     start_parser.add_argument("--health-address", default=keeper.DEFAULT_HEALTH_ADDRESS,
                               help="where the keeper answers /ready and /live without a key")
     stop_parser = commands.add_parser("stop", help="drain, then stop TorchServe")
@@ -237,8 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # "Retrying..." while TorchServe comes up
     if args.command == "start":
-        watch = LoadWatch(grace=args.ready_grace, model_log=LOG_DIR / "model_log.log")
-        return start(args.ts_config, args.timeout, args.health_address, watch)
+        if args.ready_grace is not None:  # kept so scripts that pass it still start: it only warns
+            logger.warning("warning: --ready-grace is deprecated and ignored: a model is given up on only "
+                           "when its worker dies, crash-loops or its own startupTimeout passes")
+        return start(args.ts_config, args.timeout, args.health_address)
     return stop(args.ts_config, args.drain_timeout, args.announce)
 
 

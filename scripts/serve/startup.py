@@ -3,16 +3,25 @@
 TorchServe keeps restarting the workers of a model whose `initialize()` fails (a
 damaged archive, a handler that raises), within the model's maxRetryTimeoutInSec
 (300 s by default); `/ping` stays "Healthy" and its predictions wait in the queue
-with no answer. Waiting for READY alone would sit out the whole start timeout, so
-`LoadWatch` gives up on a model early, on either sign:
+with no answer. Waiting for READY alone would sit out the whole start timeout. But a
+slow model is not a broken one (minilm's warm-up on a busy machine), so `LoadWatch`
+names a model as unable to load only on evidence, never for trailing the others:
 
+- its worker died while loading: since this start began, its log says "Backend
+  worker process died." (TorchServe's worker prints it, after the handler's
+  traceback, when `initialize()` raised). TorchServe would restart it, but an
+  `initialize()` that raised on this archive raises again, so one death is enough;
 - a crash loop: one of its workers started `restarts` + 1 times (a new pid under
-  the same worker id) without becoming READY;
-- trailing: the other models are READY and this one is not, `grace` seconds after
-  the last of them became READY.
+  the same worker id) without becoming READY, e.g. killed by the OOM killer, which
+  leaves no line in the log;
+- its own startupTimeout (the archive's model-config, as TorchServe reads it) passed,
+  plus `slack`, since TorchServe first described it: TorchServe itself stops a
+  worker that loads longer than that (so a worker restarted once its budget has
+  passed is named for the budget, not as a death).
 
-`CannotLoad` names the model and carries the last lines its workers wrote to
-logs/model_log.log, where the real reason is (a traceback).
+Until then, every `every` seconds, `observe` returns a line saying it is warming,
+with the last line its worker wrote. `CannotLoad` names the model and carries the
+lines its workers wrote to logs/model_log.log, where the real reason is.
 """
 
 from __future__ import annotations
@@ -20,76 +29,96 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scripts.build.store import ArchiveInfo
+from scripts.deploy.sizing import FRONTEND_START_S
+
 LOG_LINES = 12
 ERROR_LINE = re.compile(r"^\s*[\w.]*(Error|Exception|Exit)\b.*")
 WORKER_STARTED = "Torch worker started."  # model_service_worker.py, once per worker process
+WORKER_DIED = "Backend worker process died."  # model_service_worker.py, as its process exits on an error
+WORKER_TAG = re.compile(r"\bW-(\d+)-(\S+)")  # TorchServe's logger per worker: W-PORT-MODEL_VERSION-stdout
+DEFAULT_STARTUP_TIMEOUT = 120.0  # TorchServe's own, for a model-config without startupTimeout
+SHOWN_CHARS = 120  # of the last log line in a progress line
 
 
 class CannotLoad(RuntimeError):
     """A model whose workers will not become READY: `model`, `reason`, and `log` lines that say why."""
 
-    def __init__(self, model: str, reason: str, log: list[str]) -> None:
+    def __init__(self, model: str, reason: str, log: list[str], fix: str = "") -> None:
         super().__init__(f"{model} cannot load: {reason}")
-        self.model, self.reason, self.log = model, reason, log
+        self.model, self.reason, self.log, self.fix = model, reason, log, fix
 
 
-@dataclass
-class LoadWatch:
-    """Fed every describe answer while waiting; raises CannotLoad once a model shows it cannot load."""
+def startup_budgets(archives: Iterable[ArchiveInfo]) -> dict[str, float]:
+    """Each model's startupTimeout in seconds, from its archive's model-config."""
+    budgets: dict[str, float] = {}
+    for info in archives:
+        budget = float(info.model_config.get("startupTimeout", DEFAULT_STARTUP_TIMEOUT))
+        budgets[info.name] = max(budget, budgets.get(info.name, 0.0))
+    return budgets
 
-    grace: float = 30.0
-    restarts: int = 2
-    model_log: Path | None = None
-    _pids: dict[str, dict[str, set[int]]] = field(default_factory=dict)
-    _last_ready_at: float | None = None
 
-    def observe(self, model: str, description: list[dict[str, Any]]) -> None:
-        """Record the worker pids of a model not READY yet; a worker restarted too often is a crash loop."""
-        workers = self._pids.setdefault(model, {})
-        for version in description:
-            for worker in version.get("workers", []):
-                pid = worker.get("pid")
-                if isinstance(pid, int) and pid > 0:
-                    workers.setdefault(str(worker.get("id")), set()).add(pid)
-        starts = max((len(pids) for pids in workers.values()), default=0)
-        if starts > self.restarts:
-            raise self.failure(model, f"its worker died {starts - 1} times while loading and TorchServe "
-                                      "keeps restarting it (a crash loop)")
+def outer_timeout(timeout: float, budgets: Mapping[str, float]) -> float:
+    """`timeout`, raised where needed so it never undercuts a model's own budget: the frontend's start
+    plus the largest startupTimeout (the models load at the same time)."""
+    return max(timeout, FRONTEND_START_S + max(budgets.values(), default=0.0))
 
-    def ready(self, now: float | None = None) -> None:
-        """A model became READY: the others' grace counts from here."""
-        self._last_ready_at = time.monotonic() if now is None else now
 
-    def check_trailing(self, pending: set[str], now: float | None = None) -> None:
-        """Raise for a pending model once the others have all been READY for `grace` seconds."""
-        if not pending or self._last_ready_at is None:
+class WorkerLog:
+    """What workers write to logs/model_log.log from the moment this object is made, read as it comes
+    (a log rolled meanwhile, a new file, is read from its start)."""
+
+    def __init__(self, path: Path, from_start: bool = False) -> None:
+        self.path = path
+        self._inode, self._position = (0, 0) if from_start else self._file_id()
+        self._partial = b""
+        self._tagged: deque[tuple[str, str]] = deque(maxlen=20000)  # (tag, text after " - ")
+
+    def _file_id(self) -> tuple[int, int]:
+        try:
+            status = self.path.stat()
+        except OSError:
+            return 0, 0
+        return status.st_ino, status.st_size
+
+    def _read(self) -> None:
+        inode, size = self._file_id()
+        if inode != self._inode or size < self._position:  # rolled over, or created since
+            self._inode, self._position, self._partial = inode, 0, b""
+        if size == self._position:
             return
-        waited = (time.monotonic() if now is None else now) - self._last_ready_at
-        if waited > self.grace:
-            model = sorted(pending)[0]
-            raise self.failure(model, f"not READY {waited:.0f} s after the other models were "
-                                      f"(--ready-grace {self.grace:.0f})")
+        with self.path.open("rb") as stream:
+            stream.seek(self._position)
+            data = self._partial + stream.read(size - self._position)
+        self._position = size
+        *complete, self._partial = data.split(b"\n")
+        for raw in complete:
+            line = raw.decode(errors="replace")
+            found = WORKER_TAG.search(line)
+            if found:
+                self._tagged.append((found.group(0), line.split(" - ", 1)[-1]))
 
-    def failure(self, model: str, reason: str) -> CannotLoad:
-        return CannotLoad(model, reason, worker_log(self.model_log, model) if self.model_log else [])
+    def lines(self, model: str) -> list[tuple[str, str]]:
+        """(worker port, text) of every line the workers of `model` wrote, oldest first."""
+        self._read()
+        tag = re.compile(rf"^W-(\d+)-{re.escape(model)}_")
+        return [(found.group(1), text) for found, text in ((tag.match(t), text) for t, text in self._tagged)
+                if found]
 
 
 def worker_log(model_log: Path, model: str, lines: int = LOG_LINES) -> list[str]:
-    """What the last worker of `model` wrote (TorchServe tags its lines W-PORT-MODEL_VERSION) up to the
-    first error of its latest failed start: the handler's own traceback comes before TorchServe's."""
-    if not model_log.is_file():
-        return []
-    tag = re.compile(rf"\bW-(\d+)-{re.escape(model)}_\S*")
-    tagged: deque[tuple[str, str]] = deque(maxlen=5000)
-    with model_log.open(errors="replace") as stream:
-        for line in stream:
-            found = tag.search(line)
-            if found:
-                tagged.append((found.group(1), line.rstrip("\n").split(" - ", 1)[-1]))
+    """What the last worker of `model` wrote to the whole of `model_log`, as `failed_start` picks it."""
+    return failed_start(WorkerLog(model_log, from_start=True).lines(model), lines)
+
+
+def failed_start(tagged: list[tuple[str, str]], lines: int = LOG_LINES) -> list[str]:
+    """What the last worker wrote up to the first error of its latest failed start: the handler's own
+    traceback comes before TorchServe's. Without a failed start, its last `lines` lines."""
     if not tagged:
         return []
     worker = tagged[-1][0]  # one worker's lines: several workers' tracebacks interleave
@@ -100,3 +129,72 @@ def worker_log(model_log: Path, model: str, lines: int = LOG_LINES) -> list[str]
         if errors:
             return text[max(begin, errors[0] + 1 - lines):errors[0] + 1]
     return text[-lines:]
+
+
+@dataclass
+class LoadWatch:
+    """Fed every describe answer of a model not READY yet; raises CannotLoad on evidence that it will not
+    load, and otherwise says every `every` seconds that it is warming. Make it before TorchServe starts:
+    only what the workers log after that counts (`whole_log` for a TorchServe started before it)."""
+
+    budgets: Mapping[str, float] = field(default_factory=dict)  # model -> startupTimeout, seconds
+    model_log: Path | None = None
+    whole_log: bool = False
+    restarts: int = 2
+    slack: float = 10.0
+    every: float = 10.0
+    clock: Callable[[], float] = time.monotonic
+    _log: WorkerLog | None = field(init=False, default=None)
+    _seen: dict[str, float] = field(init=False, default_factory=dict)  # first described at
+    _shown: dict[str, float] = field(init=False, default_factory=dict)  # last progress line at
+    _pids: dict[str, dict[str, set[int]]] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._log = WorkerLog(self.model_log, from_start=self.whole_log) if self.model_log else None
+
+    def observe(self, model: str, description: list[dict[str, Any]]) -> str | None:
+        """Raise CannotLoad on evidence; else a progress line when one is due, or None."""
+        now = self.clock()
+        since = self._seen.setdefault(model, now)
+        waited, budget = now - since, self.budget(model)
+        tagged = self._log.lines(model) if self._log else []
+        restarts = self._restarts(model, description)
+        died = any(text.startswith(WORKER_DIED) for _, text in tagged)
+        if waited > budget + self.slack or (waited >= budget and (died or restarts)):
+            # past its budget, TorchServe stops the worker itself: that death is the timeout's doing
+            raise self._failure(model, f"not READY {waited:.0f} s after TorchServe registered it, past its "
+                                       f"startupTimeout ({budget:.0f} s in its archive's model-config), "
+                                       "after which TorchServe stops a loading worker", tagged,
+                                fix=f"if it is only slow, raise startupTimeout in {model}'s model YAML "
+                                    "(model_config) and rebuild with `make archive`")
+        if died:
+            raise self._failure(model, "its worker died while loading (TorchServe restarts it, but an "
+                                       "initialize() that raised fails again)", tagged)
+        if restarts >= self.restarts:
+            raise self._failure(model, f"its worker died {restarts} times while loading and TorchServe "
+                                       "keeps restarting it (a crash loop)", tagged)
+        if now - self._shown.get(model, since) < self.every:
+            return None
+        self._shown[model] = now
+        up = any(pids for pids in self._pids[model].values())
+        last = next((text for _, text in reversed(tagged) if text.strip()), None)
+        shown = f'"{last[:SHOWN_CHARS]}"' if last else "none yet"
+        return (f"{model}: warming ({waited:.0f} s of its startupTimeout {budget:.0f} s, "
+                f"{'worker up' if up else 'no worker yet'}; last log line: {shown})")
+
+    def budget(self, model: str) -> float:
+        return float(self.budgets.get(model, DEFAULT_STARTUP_TIMEOUT))
+
+    def _restarts(self, model: str, description: list[dict[str, Any]]) -> int:
+        """Record the worker pids; how often the most restarted worker was started again (a new pid)."""
+        workers = self._pids.setdefault(model, {})
+        for version in description:
+            for worker in version.get("workers", []):
+                pid = worker.get("pid")
+                if isinstance(pid, int) and pid > 0:
+                    workers.setdefault(str(worker.get("id")), set()).add(pid)
+        return max((len(pids) - 1 for pids in workers.values()), default=0)
+
+    @staticmethod
+    def _failure(model: str, reason: str, tagged: list[tuple[str, str]], fix: str = "") -> CannotLoad:
+        return CannotLoad(model, reason, failed_start(tagged), fix)

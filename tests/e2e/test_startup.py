@@ -1,5 +1,6 @@
 """Deterministic startup: after a start and a restart the default the operator chose serves, with
-several versions of a model in the store.
+several versions of a model in the store; a model slow to warm up is shown warming and served, and one
+whose warm-up cannot fit its startupTimeout is named within it.
 
 Each test runs the real `python -m scripts.serve.server start` (what `make serve` runs)
 in a private working directory (its logs/, key_file.json and keeper), with its own
@@ -9,27 +10,37 @@ Version 2.0 is built with the real archive step, as tests/e2e/test_rollout.py do
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from scripts.build import archive
 from scripts.build import store as layout
-from scripts.build.store import check_archive
+from scripts.build.store import MANIFEST, check_archive, read_archive
+from scripts.client.rest import KeyFile, TorchServeClient
 from scripts.serve.local import free_port, write_properties
+from scripts.serve.server import wait_until_ready
+from scripts.serve.startup import CannotLoad, LoadWatch, startup_budgets
+from tests.conftest import FIGURES
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 TABULAR_YAML = ROOT / "configs/models/tabular.yaml"
+SLOW_HANDLER = ROOT / "tests/fixtures/slow_warmup.py"
+SLOW_WAIT_S = 20  # the slowed warm-up: longer than tabular and digits take to become READY beside it
+TOO_SLOW_BUDGET = 5  # the startupTimeout of a model whose warm-up waits 60 s
 
 
 @dataclass
@@ -212,3 +223,58 @@ def test_a_stray_candidate_at_the_top_of_the_store_stops_the_start(serve_dir: Se
     assert "tabular-2.0.mar (2.0), tabular.mar (1.0) all hold model 'tabular'" in refused.text
     assert f"keep candidates in {store}/.versions/" in refused.text
     assert not serve_dir.pid_file.exists() and not serve_dir.running()  # nothing was started
+
+
+def slowed(target: Path, name: str, wait_s: float, startup_timeout: int) -> Path:
+    """A copy of tabular.mar as model `name`, whose handler (tests/fixtures/slow_warmup.py) waits `wait_s`
+    in its warm-up, with `startup_timeout` in its model-config."""
+    with zipfile.ZipFile(ROOT / "model_store/tabular.mar") as good, \
+            zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as slow:
+        for member in good.namelist():
+            data = good.read(member)
+            if member == MANIFEST:
+                manifest = json.loads(data)
+                manifest["model"]["modelName"] = name
+                data = json.dumps(manifest).encode()
+            elif member == "tabular.py":  # the handler module the manifest names
+                data = SLOW_HANDLER.read_bytes()
+            elif member == "model-config.yaml":
+                config = yaml.safe_load(data)
+                config["startupTimeout"] = startup_timeout
+                config["handler"]["warmup_wait_s"] = wait_s
+                data = yaml.safe_dump(config).encode()
+            slow.writestr(member, data)
+    return target
+
+
+def test_a_slow_warm_up_is_shown_warming_and_served_and_one_past_its_startup_timeout_is_named(
+        serve_dir: ServeDir) -> None:
+    store = Path(serve_dir.properties["model_store"])
+    for model in ("tabular", "digits"):
+        shutil.copyfile(ROOT / f"model_store/{model}.mar", store / f"{model}.mar")
+    slowed(store / "slow.mar", "slow", SLOW_WAIT_S, startup_timeout=120)
+
+    started = serve_dir.start()
+    assert started.code == 0, started.text
+    warming = [line.strip() for _, line in started.lines if line.strip().startswith("slow: warming (")]
+    assert any('worker up; last log line: "warm-up: waiting on purpose' in line for line in warming), \
+        started.text
+    others = max(started.when("tabular: READY"), started.when("digits: READY"))
+    trailed = started.when("slow: READY") - others
+    assert trailed > 0, started.text  # the last one READY, and served all the same
+    FIGURES["slow warm-up"] = (f"READY {trailed:.1f} s after the others, start exit 0 at "
+                               f"{started.seconds:.1f} s; {len(warming)} warming lines")
+
+    # the same server: a model whose warm-up cannot fit its startupTimeout is named soon after it passes
+    too_slow = slowed(store / "tooslow.mar", "tooslow", 60, startup_timeout=TOO_SLOW_BUDGET)
+    budgets = startup_budgets([read_archive(too_slow)])
+    watch = LoadWatch(budgets, model_log=serve_dir.cwd / "logs/model_log.log")
+    with TorchServeClient.from_properties(serve_dir.properties, KeyFile()) as client:
+        client.register(too_slow.name, initial_workers=1, synchronous=False)
+        began = time.monotonic()
+        with pytest.raises(CannotLoad) as named:
+            wait_until_ready(client, ["tooslow"], timeout=120, log_hint=serve_dir.cwd / "logs", watch=watch)
+    waited = time.monotonic() - began
+    FIGURES["startupTimeout 5 s"] = f"named after {waited:.1f} s: {named.value}"
+    assert waited < TOO_SLOW_BUDGET + watch.slack + 5, str(named.value)
+    assert f"past its startupTimeout ({TOO_SLOW_BUDGET} s" in str(named.value)

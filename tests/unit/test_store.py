@@ -2,7 +2,8 @@
 `tsctl register`, the rollout and a server start, with the file, the fault and the fix named.
 
 The same refusals against a real TorchServe are in tests/e2e/test_bad_archives.py and
-tests/e2e/test_startup.py.
+tests/e2e/test_startup.py; how a start tells a slow model from a broken one is in
+tests/unit/test_startup_watch.py.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from scripts.build.store import (
 from scripts.config.model import load_spec
 from scripts.operate import tsctl
 from scripts.operate.rollout import Exit, RolloutFailed, place_archive
-from scripts.serve.startup import CannotLoad, LoadWatch, worker_log
 
 GOOD = Path("model_store/tabular.mar")
 REBUILD = "fix: rebuild it with `make archive`"
@@ -199,53 +199,3 @@ def test_a_rollout_refuses_a_damaged_kept_version_and_leaves_the_default_in_plac
         place_archive(store, "tabular", "2.0")
     assert refused.value.code == Exit.USAGE and "which is not in the archive" in str(refused.value)
     assert check_archive(store / "tabular.mar").version == "1.0"  # the default's archive untouched
-
-
-def describe(*pids: int, status: str = "UNLOADING") -> list[dict[str, object]]:
-    return [{"modelVersion": "1.0", "workers": [{"id": str(9000 + n), "pid": pid, "status": status}
-                                                for n, pid in enumerate(pids)]}]
-
-
-def test_a_worker_restarted_twice_before_ready_is_a_crash_loop() -> None:
-    watch = LoadWatch(restarts=2)
-    for pids in [(11, 12), (11, 12), (13, 14), (13, 14)]:  # each pid seen again while it lives
-        watch.observe("broken", describe(*pids))
-    with pytest.raises(CannotLoad, match="broken cannot load: its worker died 2 times while loading"):
-        watch.observe("broken", describe(15, 16))
-
-
-def test_a_slow_model_with_the_same_workers_is_not_a_crash_loop() -> None:
-    watch = LoadWatch(restarts=2)
-    for _ in range(100):
-        watch.observe("minilm", describe(21, status="LOADING"))
-    watch.observe("minilm", [{"modelVersion": "1.0", "workers": [{"id": "9000", "status": "LOADING"}]}])
-
-
-def test_a_model_trailing_the_others_past_the_grace_is_named() -> None:
-    watch = LoadWatch(grace=30)
-    watch.check_trailing({"digits", "minilm"}, now=1000.0)  # nothing READY yet: no clock
-    watch.ready(now=100.0)
-    watch.check_trailing({"minilm"}, now=129.0)
-    watch.check_trailing(set(), now=500.0)
-    with pytest.raises(CannotLoad, match=r"^minilm cannot load: not READY 31 s after the other models"):
-        watch.check_trailing({"minilm"}, now=131.0)
-
-
-def test_the_worker_log_gives_the_handlers_error_of_the_latest_failed_start(tmp_path: Path) -> None:
-    log = tmp_path / "model_log.log"
-    prefix = "2026-11-30T19:08:43,290 [INFO ] W-{port}-{model}_1.0-stdout MODEL_LOG - "
-    started, died = "Torch worker started.", "Backend worker process died."
-    lines = [(1, "broken", started), (1, "broken", "ValueError: an older start"), (2, "tabular", started),
-             (1, "broken", started), (2, "tabular", "ValueError: not this model"),
-             (1, "broken", "Traceback (most recent call last):"), (1, "broken", '  File "x.py", line 1'),
-             (3, "broken", "KeyError: another worker's line"),
-             (1, "broken", "ValueError: weights are not safetensors"), (1, "broken", ""), (1, "broken", died),
-             (1, "broken", "RuntimeError: 507 - System out of memory"), (1, "broken", started)]
-    log.write_text("".join(prefix.format(port=40000 + port, model=model) + text + "\n"
-                           for port, model, text in lines))
-    assert worker_log(log, "broken", lines=3) == [
-        "Traceback (most recent call last):", '  File "x.py", line 1',
-        "ValueError: weights are not safetensors"]
-    assert worker_log(log, "tab") == [] and worker_log(tmp_path / "missing.log", "broken") == []
-    failure = LoadWatch(model_log=log).failure("broken", "a crash loop")
-    assert failure.model == "broken" and failure.log[-1] == "ValueError: weights are not safetensors"

@@ -164,7 +164,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             worker_pid = int(description["workers"][0]["pid"])
             meter = CpuMeter(server_processes(server, worker_pid))
             profile_file = workdir / "profile.txt"
-            spy = _start_profiler(worker_pid, args.duration, profile_file) if args.profile else None
+            spy = start_profiler(worker_pid, args.duration, profile_file) if args.profile else None
             before = scrape(server.metrics_url)
             meter.start()
             print(f"==> measuring for {args.duration:g}s at {args.concurrency} clients"
@@ -188,7 +188,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "cpu_seconds": cpu, "profile_shares": shares, "profile": collapsed}
 
 
-def _start_profiler(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+def start_profiler(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
     """py-spy sampling the worker (idle stacks too) without pausing it, or None when not installed."""
     beside_python = Path(sys.executable).with_name("py-spy")  # the venv's, when PATH does not name it
     spy = str(beside_python) if beside_python.exists() else shutil.which("py-spy")

@@ -50,6 +50,13 @@ from scripts.build import archive
 from scripts.client.prometheus import scrape
 from scripts.config.model import CONFIG_DIR, load_spec
 from scripts.harness import LocalModel, RawRequest, Result
+from scripts.measure.breakdown import (
+    CpuMeter,
+    latency_rows,
+    profile_shares,
+    server_processes,
+    start_profiler,
+)
 from scripts.measure.loadgen import run_load, workload
 from scripts.operate.engine_status import engines_by_worker
 from scripts.serve.local import LocalServer, project_frontend
@@ -208,7 +215,7 @@ def served(models: Sequence[str], inprocess: dict[str, Any], clients: int, secon
         found["workers"] = workers(server, models)
         for model in models:
             found["runs"].append(load(server, model, "project frontend, 1 worker", clients, seconds,
-                                      workdir, inprocess))
+                                      workdir, inprocess, breakdown=model == "minilm"))
         if "minilm" in models:
             with server.client() as client:
                 client.scale("minilm", min_workers=2, synchronous=True, timeout=300)
@@ -241,8 +248,18 @@ def workers(server: LocalServer, models: Sequence[str]) -> dict[str, Any]:
 
 
 def load(server: LocalServer, model: str, variant: str, clients: int, seconds: float, workdir: Path,
-         inprocess: dict[str, Any]) -> dict[str, Any]:
+         inprocess: dict[str, Any], breakdown: bool = False) -> dict[str, Any]:
+    """One locust run; with `breakdown`, also where a request's time went (make breakdown's three views:
+    TorchServe's latency split, CPU seconds per process, a py-spy profile of the worker)."""
     bodies = workload(model).write(workdir / f"{model}-bodies.json")
+    if breakdown:
+        with server.client() as client:
+            (entry,) = client.describe(model)
+        worker = int(entry["workers"][0]["pid"])
+        meter = CpuMeter(server_processes(server, worker))
+        spy = start_profiler(worker, seconds, workdir / f"{model}-profile.txt")
+        before = scrape(server.metrics_url)
+        meter.start()
     result = run_load(server.inference_url, f"/predictions/{model}", bodies, clients, seconds, workdir,
                       metrics_url=server.metrics_url, model_label=model)
     batch = int(load_spec(CONFIG_DIR / f"{model}.yaml", device="gpu").model_config.get("batchSize", 1))
@@ -258,6 +275,21 @@ def load(server: LocalServer, model: str, variant: str, clients: int, seconds: f
     logger.info("    %-7s %-55s %8.1f req/s  p50 %6.1f ms  p99 %7.1f ms  batch %s  served/in-process %s",
                 model, variant, result.throughput, result.p50_ms, result.p99_ms, row["mean_batch"],
                 row["served_over_in_process"])
+    if breakdown:
+        cpu = meter.stop()
+        row["cpu_ms_per_request"] = {label: round(1e3 * used / max(1, result.requests), 3)
+                                     for label, used in cpu.items()}
+        row["latency_ms"] = [[label, round(ms, 3), None if share is None else round(share, 3)]
+                             for label, ms, share in latency_rows(before, scrape(server.metrics_url), model,
+                                                                  result)]
+        if spy is not None:
+            spy.wait(timeout=seconds + 60)
+        profile = workdir / f"{model}-profile.txt"
+        row["profile_shares"] = profile_shares(profile.read_text()) if profile.exists() else {}
+        for label, ms, share in row["latency_ms"]:
+            logger.info("      %-75s %8.2f ms %s", label, ms, "" if share is None else f"{100 * share:5.1f}%")
+        logger.info("      CPU ms per request: %s; worker profile: %s", row["cpu_ms_per_request"],
+                    {k: round(v, 3) for k, v in row["profile_shares"].items()})
     return row
 
 

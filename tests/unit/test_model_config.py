@@ -115,7 +115,7 @@ def test_the_gpu_profile_lays_its_keys_over_model_config_and_merges_handler_opti
                                 "handler": {**GOOD["model_config"]["handler"], "precision": "fp16"}}
 
 
-def test_archive_device_gpu_packs_the_gpu_profile_and_rebuilds_when_the_device_changes(tmp_path: Path) -> None:
+def test_archive_device_gpu_packs_the_gpu_profile_and_rebuilds_for_the_other_device(tmp_path: Path) -> None:
     store = tmp_path / "store"
     path = write(tmp_path, gpu={"batchSize": 64, "jobQueueSize": 256})
     for device, batch in (("gpu", 64), ("cpu", GOOD["model_config"]["batchSize"])):

@@ -40,13 +40,11 @@ override `initialize` or `handle`.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -56,7 +54,7 @@ from torch import nn
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.engines import Engine, build_engine
-from handlers.envelopes import Envelope, open_envelope
+from handlers.envelopes import Envelope, open_envelope, serialize
 from handlers.errors import (
     HandlerContractError,
     InternalError,
@@ -71,7 +69,15 @@ from handlers.payload import Payload
 from handlers.placement import Placement, place_engine
 from handlers.request import Instances, Parsed, join_instances
 from handlers.runtime import RuntimeOptions, batch_sizes, set_worker_threads, to_device, worker_threads
-from handlers.signature import Input, Output, Signature, check_outputs, per_instance
+from handlers.signature import (
+    BatchOutputs,
+    Input,
+    Output,
+    OutputRows,
+    Signature,
+    check_outputs,
+    per_instance,
+)
 from handlers.validation import check_count
 
 logger = logging.getLogger(__name__)
@@ -99,6 +105,9 @@ class ModelHandler(BaseHandler):
     INPUT: ClassVar[Input]
     OUTPUTS: ClassVar[tuple[Output, ...]] = (Output("output", "FP32"),)
     NETWORK_INPUTS: ClassVar[dict[str, tuple[int | str, ...]]] = {"input": ()}
+    # postprocess reads each row on its own (argmax, a lookup): the base may run it once per batch
+    # and hand each request its rows' share, which answers the same for less.
+    POSTPROCESS_BY_ROW: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -239,16 +248,20 @@ class ModelHandler(BaseHandler):
     def read(self, envelope: Envelope) -> tuple[Parsed, Any]:
         """Parse one request in its envelope and preprocess it: its instances, or a RequestError."""
         parsed = envelope.parse(self.signature)
-        check_count(parsed.count(), self.signature.max_instances, "instances")
+        count = parsed.count()
+        check_count(count, self.signature.max_instances, "instances")
         pieces = []
         for part in self.admit(parsed.parts):
-            with located(part.label) if part.label else nullcontext():
+            if not part.label:  # a body; a form field's errors name it
+                pieces.append(self.preprocess(part))
+                continue
+            with located(part.label):
                 pieces.append(self.preprocess(part))
         instances = pieces[0] if len(pieces) == 1 else join_instances(pieces)
         given = instances.shape[0] if isinstance(instances, torch.Tensor) else len(instances)  # len() is slow
-        if given != parsed.count():
+        if given != count:
             raise HandlerContractError(f"{type(self).__name__}.preprocess gave {given} instances "
-                                       f"for {parsed.count()} values; give one per value")
+                                       f"for {count} values; give one per value")
         return parsed, instances
 
     def instances_of(self, body: Any, content_type: str = "application/json") -> Any:
@@ -301,31 +314,59 @@ class ModelHandler(BaseHandler):
             return
         self.metrics.device_memory(self.device)
         started, serializing = time.perf_counter(), 0.0
-        counts = [record.count for record in live]
         finite = _finite_rows(rows).tolist()
-        for record, record_rows, end in zip(live, torch.split(rows, counts), itertools.accumulate(counts),
-                                            strict=True):
-            serializing += self._answer(record, record_rows, all(finite[end - record.count:end]), context)
+        batch = self._postprocess_batch(rows)
+        end = 0
+        for record in live:
+            start, end = end, end + record.count
+            ok = all(finite[start:end])
+            if batch is not None:
+                serializing += self._answer(record, None, ok, context, batch.rows(start, end))
+            else:
+                serializing += self._answer(record, rows[start:end], ok, context)
         self.metrics.add_stage("postprocess", time.perf_counter() - started - serializing)
         self.metrics.add_stage("serialize", serializing)
 
-    def _answer(self, record: Record, rows: torch.Tensor, finite: bool, context: Any) -> float:
-        """Postprocess one request's rows and frame them in its envelope, in its own try block.
+    def _postprocess_batch(self, rows: torch.Tensor) -> BatchOutputs | None:
+        """`postprocess` once for the whole batch when it reads each row on its own, else None.
 
-        Returns the seconds json.dumps took: serialisation is its own stage in the metrics.
+        None also when it fails: each request then runs its own, so an error lands on
+        the request whose rows cause it.
+        """
+        if not self.POSTPROCESS_BY_ROW and type(self).postprocess is not ModelHandler.postprocess:
+            return None
+        try:
+            outputs = self.postprocess(rows)
+            check_outputs(outputs, self.OUTPUTS, len(rows), f"{type(self).__name__}.postprocess")
+        except Exception:  # noqa: BLE001 - retried request by request, which reports it
+            return None
+        return BatchOutputs(outputs, self.OUTPUTS)
+
+    def _answer(self, record: Record, rows: torch.Tensor | None, finite: bool, context: Any,
+                given: OutputRows | None = None) -> float:
+        """Postprocess one request's rows (or take `given`, its share of the batch's outputs) and
+        frame them in its envelope, in its own try block.
+
+        Returns the seconds serialising took: it is its own stage in the metrics.
         """
         serializing = 0.0
         try:
             if not finite:
                 raise InvalidInput("the model's output for this input is not finite: its values "
                                    "are probably far outside the range the model was trained on")
-            outputs = self.postprocess(rows)
-            check_outputs(outputs, self.OUTPUTS, record.count, f"{type(self).__name__}.postprocess")
-            answers = self.native_answers(outputs, record.count) if record.envelope.wants_answers else []
+            wanted = record.envelope.wants_answers
+            outputs: Mapping[str, Any]
+            if given is None:
+                assert rows is not None
+                produced = self.postprocess(rows)
+                check_outputs(produced, self.OUTPUTS, record.count, f"{type(self).__name__}.postprocess")
+                outputs, answers = produced, self.native_answers(produced, record.count) if wanted else []
+            else:
+                outputs, answers = given, [self.answer(each) for each in given.instances()] if wanted else []
             assert record.parsed is not None
             body = record.envelope.frame(record.parsed, outputs, answers, self.signature)
             started = time.perf_counter()
-            record.body = json.dumps(body, allow_nan=False)  # a NaN fails this request, not the JSON
+            record.body = serialize(body)  # a NaN fails this request, not the batch
             serializing = time.perf_counter() - started
             context.set_response_content_type(record.index, "application/json")
         except Exception as error:  # noqa: BLE001 - converted to this request's status

@@ -48,6 +48,8 @@ class Parsed:
         return len(self.parts) == 1 and self.parts[0].single
 
     def count(self) -> int:
+        if len(self.parts) == 1:  # all but forms: once per request in three places
+            return len(self.parts[0].values)
         return sum(len(part) for part in self.parts)
 
 

@@ -11,7 +11,7 @@ the v1 predictions and the OIP output tensors are all written from `Output`s.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,9 +115,55 @@ def check_outputs(outputs: dict[str, Any], declared: tuple[Output, ...], count: 
 def per_instance(outputs: Mapping[str, Any], declared: tuple[Output, ...],
                  count: int) -> list[dict[str, Any]]:
     """The outputs as one {name: JSON value} per instance, in declared order."""
-    columns = [(spec.name, outputs[spec.name].tolist() if isinstance(outputs[spec.name], torch.Tensor)
-                else list(outputs[spec.name])) for spec in declared]
+    columns = json_columns(outputs, declared)
     return [{name: values[row] for name, values in columns} for row in range(count)]
+
+
+def json_columns(outputs: Mapping[str, Any], declared: tuple[Output, ...]) -> list[tuple[str, list[Any]]]:
+    """Each declared output as (name, one JSON value per instance), converted in one call each."""
+    return [(spec.name, outputs[spec.name].tolist() if isinstance(outputs[spec.name], torch.Tensor)
+             else list(outputs[spec.name])) for spec in declared]
+
+
+class BatchOutputs:
+    """A whole batch's named outputs (checked), handed out request by request as `OutputRows`.
+
+    The JSON values are converted once for the batch, the first time a request asks.
+    """
+
+    def __init__(self, outputs: Mapping[str, Any], declared: tuple[Output, ...]) -> None:
+        self.outputs = outputs
+        self.declared = declared
+        self._columns: list[tuple[str, list[Any]]] | None = None
+
+    def columns(self) -> list[tuple[str, list[Any]]]:
+        if self._columns is None:
+            self._columns = json_columns(self.outputs, self.declared)
+        return self._columns
+
+    def rows(self, start: int, end: int) -> OutputRows:
+        return OutputRows(self, start, end)
+
+
+class OutputRows(Mapping[str, Any]):
+    """One request's rows [start, end) of a batch's outputs: what its own postprocess would give."""
+
+    def __init__(self, batch: BatchOutputs, start: int, end: int) -> None:
+        self.batch, self.start, self.end = batch, start, end
+
+    def __getitem__(self, name: str) -> Any:
+        return self.batch.outputs[name][self.start:self.end]  # sliced when an envelope reads it
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.batch.outputs)
+
+    def __len__(self) -> int:
+        return len(self.batch.outputs)
+
+    def instances(self) -> list[dict[str, Any]]:
+        """One {name: JSON value} per instance, as `per_instance` gives them."""
+        columns = self.batch.columns()
+        return [{name: values[row] for name, values in columns} for row in range(self.start, self.end)]
 
 
 def integer_range(datatype: str) -> tuple[int, int] | None:

@@ -38,6 +38,7 @@ class TabularHandler(ModelHandler):
     OUTPUTS = (Output("label", "BYTES"), Output("class_index", "INT64"),
                Output("probabilities", "FP32", (TABULAR_CLASSES,)))
     NETWORK_INPUTS = {"features": (TABULAR_FEATURES,)}
+    POSTPROCESS_BY_ROW = True  # an argmax and a name per row
 
     @dataclass(frozen=True)
     class Options(RuntimeOptions):  # nested: TorchServe wants exactly one class per handler module

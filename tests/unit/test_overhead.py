@@ -1,0 +1,129 @@
+"""The faster paths around the engine answer what the plain ones answered; make overhead runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer
+
+from handlers.envelopes import serialize
+from scripts.build import datasets
+from scripts.harness import LocalModel, RawRequest
+from scripts.measure.overhead import ROOT, measure
+
+TABULAR = Path("configs/models/tabular.yaml")
+MINILM = Path("configs/models/minilm.yaml")
+
+
+@pytest.fixture(scope="module")
+def tabular() -> LocalModel:
+    return LocalModel.from_config(TABULAR)
+
+
+@pytest.fixture(scope="module")
+def minilm() -> LocalModel:
+    return LocalModel.from_config(MINILM)
+
+
+def test_batch_postprocess_answers_as_each_request_did(tabular: LocalModel,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = datasets.breast_cancer().held_out_x[:3].tolist()
+    requests = [
+        RawRequest.json({"features": rows[0]}),
+        RawRequest.json({"features": rows[1][:29]}),  # a bad request in the middle: 400 alone
+        RawRequest.json({"features": [rows[1], rows[2]]}),
+        RawRequest.json({"instances": rows[:2]}),
+        RawRequest.json({"inputs": [{"name": "features", "shape": [2, 30], "datatype": "FP32",
+                                     "data": rows[1:]}], "outputs": [{"name": "probabilities"}]}),
+    ]
+    batched = tabular.run(requests)
+    monkeypatch.setattr(type(tabular.handler), "POSTPROCESS_BY_ROW", False)  # each request on its own
+    alone = tabular.run(requests)
+    assert [r.status for r in batched] == [200, 400, 200, 200, 200]
+    assert [r.status for r in alone] == [r.status for r in batched]
+    for ours, theirs in zip(batched, alone, strict=True):
+        assert ours.json() == theirs.json()  # the same float64 values, not just close ones
+
+
+def test_a_failing_batch_postprocess_fails_only_its_request(tabular: LocalModel,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    handler_class = type(tabular.handler)
+    original = handler_class.postprocess
+
+    def picky(self: object, rows: torch.Tensor) -> dict[str, object]:
+        if len(rows) > 1:  # any batch, and the request that carries two rows
+            raise RuntimeError("postprocess exploded")
+        return original(self, rows)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(handler_class, "postprocess", picky)
+    rows = datasets.breast_cancer().held_out_x[:3].tolist()
+    results = tabular.run([RawRequest.json({"features": rows[0]}),
+                           RawRequest.json({"features": rows[1:]}),
+                           RawRequest.json({"features": rows[2]})])
+    assert [r.status for r in results] == [200, 500, 200]
+    assert "exploded" not in results[1].body
+
+
+FLOATS = st.floats(width=32, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(FLOATS, max_size=50))
+def test_serialize_gives_clients_the_same_numbers(values: list[float]) -> None:
+    body = {"embedding": values, "label": "benign", "class_index": 1}
+    ours = json.loads(serialize(body))
+    assert ours == json.loads(json.dumps(body, allow_nan=False))
+    assert np.array_equal(np.array(ours["embedding"], dtype=np.float32), np.array(values, dtype=np.float32))
+
+
+def test_serialize_fails_and_falls_back_as_json_dumps_does() -> None:
+    for bad in ({"x": math.nan}, [math.inf], {"x": [1.0, -math.inf]}):
+        with pytest.raises(ValueError):
+            serialize(bad)
+    for odd in ({1: "int key"}, [2**70], {"text": "\ud800"}, {"none": None, "text": "null"}):
+        assert serialize(odd) == json.dumps(odd, allow_nan=False)
+    assert json.loads(serialize({"label": "é 東京"})) == {"label": "é 東京"}  # as UTF-8, not \u escapes
+    with pytest.raises(TypeError):
+        serialize({"tensor": torch.zeros(1)})
+
+
+TEXTS = [
+    "Hello, World! It's 3.14 o'clock_now; (tabs\tand\nnewlines) [x] {y} <z> a~b|c^d`e@f#g$h%i&j*k+l=m",
+    "naïve café 東京 and ünïcödé", "UPPER lower MiXeD 123abc abc123", "  padded  ", "x" * 300,
+    " ".join(["tokens"] * 400), "emoji 🙂 here", "\x7f\x01control", "don't-stop_me now...",
+]
+
+
+@settings(max_examples=100, deadline=None)
+@given(extra=st.lists(st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=80)
+                      .filter(str.strip), min_size=1, max_size=6))
+def test_tokens_equal_the_tokenizers_own(minilm: LocalModel, extra: list[str]) -> None:
+    texts = TEXTS + extra
+    reference = Tokenizer.from_file(str(ROOT / "build/weights/minilm/tokenizer.json"))
+    reference.enable_truncation(max_length=minilm.handler.options.max_length)
+    reference.no_padding()  # the file pads to 128; the handler pads per chunk
+    expected = [encoding.ids for encoding in reference.encode_batch(texts)]
+    batch = minilm.handler.collate([texts[:3], texts[3:]])
+    chunk_rows = [(chunk, row) for chunk in batch["chunks"] for row in range(len(chunk["input_ids"]))]
+    ours: list[list[int]] = [[]] * len(texts)
+    for position, (chunk, row) in zip(batch["order"].tolist(), chunk_rows, strict=True):
+        length = int(chunk["attention_mask"][row].sum())
+        ours[position] = chunk["input_ids"][row][:length].tolist()
+        assert chunk["token_type_ids"][row].tolist() == [0] * len(chunk["input_ids"][row])
+    assert ours == expected
+
+
+def test_measure_gives_per_request_figures_for_both_trees() -> None:
+    report = measure("tabular", batch=4, rounds=3, warmup=1, against=ROOT)
+    for side in ("new", "old"):
+        assert report[side]["us_per_request"] > 0
+        assert report[side]["min_ok"] == 4
+        assert report[side]["stages"]["preprocess"] > 0
+    assert report["ratio"] > 0

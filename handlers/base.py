@@ -45,7 +45,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -82,6 +82,7 @@ from handlers.validation import check_count
 
 logger = logging.getLogger(__name__)
 VERSION_HEADER = "X-Model-Version"  # which version answered; set on every response
+_NATIVE = Envelope()  # stateless but for its parts: shared by every record not yet opened
 
 
 @dataclass(slots=True)
@@ -89,7 +90,7 @@ class Record:
     """One request's way through a batch: its envelope, instances, status and body."""
 
     index: int
-    envelope: Envelope = field(default_factory=Envelope)
+    envelope: Envelope = _NATIVE  # until its own is opened: frames an error that comes before
     parsed: Parsed | None = None
     instances: Any = None
     count: int = 0  # how many instances it carries

@@ -30,7 +30,7 @@ from handlers.signature import JSON_TYPES, Input, Signature
 from handlers.tensors import OutputTensor, instance_values
 
 # Sent by OIP clients that use the binary tensor data extension (tritonclient's default).
-_BINARY_HEADER = "Inference-Header-Content-Length"
+_BINARY_HEADER = "inference-header-content-length"
 _OIP_KEYS = frozenset({"id", "parameters", "inputs", "outputs"})
 # Types orjson would write but json.dumps refuses: refused here too (a 500 names the hook).
 _ORJSON_STRICT = (orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME

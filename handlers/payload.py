@@ -41,7 +41,7 @@ class Payload:
         With a multipart form, query-string parameters arrive as fields too (TorchServe
         passes no URL), so they count as fields.
         """
-        if not isinstance(item, Mapping):
+        if type(item) is not dict and not isinstance(item, Mapping):  # isinstance(Mapping) is slow
             raise InvalidInput("request carries no readable body")
         raw = _request_headers(context, index)  # request headers and per-field content types
         headers = {key.lower(): value for key, value in raw.items() if isinstance(value, str)}
@@ -74,7 +74,7 @@ class Payload:
 
     def header(self, name: str) -> str | None:
         """A request header, looked up without regard to case."""
-        return self.headers.get(name.lower())
+        return self.headers.get(name if name.islower() else name.lower())
 
     def is_empty(self) -> bool:
         return self.body is None or (isinstance(self.body, (bytes, bytearray, str)) and not self.body)
@@ -135,4 +135,14 @@ def _field_content_type(headers: Mapping[str, Any], field: str) -> str:
 
 
 def _media_type(value: Any) -> str:
-    return str(value or "").split(";", 1)[0].strip().lower()
+    if not value:
+        return ""
+    known = _MEDIA_TYPES.get(value) if type(value) is str else None
+    if known is not None:
+        return known
+    return str(value).split(";", 1)[0].strip().lower()
+
+
+# The media types of almost every request, read without splitting and lower-casing each time.
+_MEDIA_TYPES = {kind: kind for kind in ("application/json", "text/plain", "application/octet-stream",
+                                        "image/jpeg", "image/png", _MULTIPART)}

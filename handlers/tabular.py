@@ -10,10 +10,12 @@ Response: {"label": "benign", "class_index": 1, "probabilities": {"malignant": 0
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,11 +26,12 @@ from handlers import (
     ModelHandler,
     Output,
     RuntimeOptions,
-    float_matrix,
     load_weights,
     option,
 )
 from handlers.architectures import TABULAR_CLASSES, TABULAR_FEATURES, TabularMLP
+from handlers.runtime import to_device
+from handlers.validation import float32_array, float_rows
 
 
 class TabularHandler(ModelHandler):
@@ -50,8 +53,16 @@ class TabularHandler(ModelHandler):
         mlp = load_weights(TabularMLP(), model_dir / self.options.weights, mmap=self.options.mmap_weights)
         return nn.Sequential(mlp, nn.Softmax(dim=1))
 
-    def preprocess(self, request: Instances) -> torch.Tensor:
-        return float_matrix(request.values, TABULAR_FEATURES, request.names)
+    def preprocess(self, request: Instances) -> np.ndarray:
+        """The rows as a float32 array [n, 30]: a tensor is made once per batch, in collate."""
+        return float32_array(float_rows(request.values, TABULAR_FEATURES, request.names), TABULAR_FEATURES)
+
+    def collate(self, per_request: Sequence[Any]) -> torch.Tensor:
+        """The batch's arrays as one float32 tensor: one torch.from_numpy, not a tensor per request."""
+        if all(isinstance(piece, torch.Tensor) for piece in per_request):  # warm-up's zero rows
+            return super().collate(per_request)
+        arrays = [np.asarray(piece, dtype=np.float32).reshape(-1, TABULAR_FEATURES) for piece in per_request]
+        return to_device(torch.from_numpy(np.concatenate(arrays)), self.device)
 
     def postprocess(self, rows: torch.Tensor) -> dict[str, Any]:
         best = rows.argmax(dim=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from handlers.errors import InvalidInput, PayloadTooLarge, brief
@@ -30,35 +31,47 @@ def check_budget(total: int, limit: int, what: str, option: str) -> None:
 
 
 def float_matrix(rows: list[Any], width: int, names: list[str]) -> torch.Tensor:
-    """Rows of exactly `width` finite float32 numbers as a tensor [N, width]; `names` name each row.
+    """Rows of exactly `width` finite float32 numbers as a tensor [N, width]; `names` name each row."""
+    return torch.from_numpy(float32_array(float_rows(rows, width, names), width))
 
-    Good rows take a fast path; only when it fails are values checked one by one,
-    to name the first bad one in the error.
+
+def float_rows(rows: list[Any], width: int, names: list[str]) -> list[Any]:
+    """`rows` once each holds exactly `width` finite float32 numbers; `names` name each row.
+
+    Returned as given (not yet a tensor), so a handler can convert a whole batch at once with
+    `float32_array`. Good rows take a fast path; only when it fails are values checked one by
+    one, to name the first bad one in the error.
     """
-    matrix = _fast_matrix(rows, width)
-    if matrix is not None:
-        return matrix
+    if _numbers_fit(rows, width):
+        return rows
     for row, where in zip(rows, names, strict=True):
         _check_row(row, width, where)
-    return torch.tensor([[float(number) for number in row] for row in rows], dtype=torch.float32)
+    return [[float(number) for number in row] for row in rows]
 
 
-def _fast_matrix(rows: list[Any], width: int) -> torch.Tensor | None:
-    """The rows as float32 when every value is a finite float32 number, else None.
+def float32_array(rows: list[Any], width: int) -> np.ndarray:
+    """Checked rows (`float_rows`) as one float32 array [N, width]: the values torch.tensor gives,
+    at a fifth of its cost for a row."""
+    array = np.array(rows, dtype=np.float32)
+    return array if array.ndim == 2 else array.reshape(len(rows), width)  # no rows: [0, width]
+
+
+def _numbers_fit(rows: list[Any], width: int) -> bool:
+    """Whether every value is a finite float32 number (int or float, not bool).
 
     Plain Python on purpose: for rows of a few dozen numbers it is several times
-    faster than checking with tensor operations.
+    faster than checking with array operations.
     """
     for row in rows:
         if type(row) is not list or len(row) != width or not _NUMBER_TYPES.issuperset(map(type, row)):
-            return None
+            return False
         try:
             total = sum(row)
         except OverflowError:  # a huge JSON integer among floats
-            return None
+            return False
         if total != total or not max(map(abs, row)) <= FLOAT32_MAX:  # NaN, infinity, beyond float32
-            return None
-    return torch.tensor(rows, dtype=torch.float32)
+            return False
+    return True
 
 
 def _check_row(row: Any, width: int, where: str) -> None:

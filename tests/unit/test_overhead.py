@@ -127,3 +127,26 @@ def test_measure_gives_per_request_figures_for_both_trees() -> None:
         assert report[side]["min_ok"] == 4
         assert report[side]["stages"]["preprocess"] > 0
     assert report["ratio"] > 0
+
+
+NUMBERS = st.one_of(FLOATS, st.integers(-(2**100), 2**100).filter(lambda n: abs(n) < 3.4e38))
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.lists(NUMBERS, min_size=3, max_size=3), min_size=1, max_size=4))
+def test_float_rows_become_the_float32_values_torch_tensor_gave(rows: list[list[float]]) -> None:
+    from handlers.validation import float32_array, float_matrix, float_rows
+
+    names = [f"features[{n}]" for n in range(len(rows))]
+    expected = torch.tensor([[float(number) for number in row] for row in rows], dtype=torch.float32)
+    assert torch.equal(torch.from_numpy(float32_array(float_rows(rows, 3, names), 3)), expected)
+    assert torch.equal(float_matrix(rows, 3, names), expected)
+
+
+def test_tabular_collates_one_tensor_of_every_request_row(tabular: LocalModel) -> None:
+    rows = datasets.breast_cancer().held_out_x[:3].tolist()
+    pieces = [tabular.handler.instances_of({"features": rows[0]}),
+              tabular.handler.instances_of({"features": rows[1:]})]
+    batch = tabular.handler.collate(pieces)
+    assert batch.dtype == torch.float32
+    assert torch.equal(batch, torch.tensor(rows, dtype=torch.float32))

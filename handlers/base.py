@@ -341,7 +341,8 @@ class ModelHandler(BaseHandler):
             check_outputs(outputs, self.OUTPUTS, len(rows), f"{type(self).__name__}.postprocess")
         except Exception:  # noqa: BLE001 - retried request by request, which reports it
             return None
-        return BatchOutputs(outputs, self.OUTPUTS)
+        # The default `answer` hands the values on as they are: float rows may stay numpy rows.
+        return BatchOutputs(outputs, self.OUTPUTS, arrays=type(self).answer is ModelHandler.answer)
 
     def _answer(self, record: Record, rows: torch.Tensor | None, finite: bool, context: Any,
                 given: OutputRows | None = None) -> float:

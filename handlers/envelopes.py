@@ -20,6 +20,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import orjson
 
 from handlers.errors import InvalidInput, RequestError, UnsupportedMediaType, brief
@@ -33,8 +34,9 @@ from handlers.tensors import OutputTensor, instance_values
 _BINARY_HEADER = "inference-header-content-length"
 _OIP_KEYS = frozenset({"id", "parameters", "inputs", "outputs"})
 # Types orjson would write but json.dumps refuses: refused here too (a 500 names the hook).
+# Numpy arrays are written (json_columns' float64 rows, as their lists would be); a tensor is refused.
 _ORJSON_STRICT = (orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
-                  | orjson.OPT_PASSTHROUGH_SUBCLASS)
+                  | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_SERIALIZE_NUMPY)
 
 
 class Envelope:
@@ -152,13 +154,21 @@ def serialize(body: Any) -> str:
     (json.dumps' 17 digits take ten times as long; an embedding is 384 of them). Where the two
     could differ json.dumps writes it: orjson refuses (a non-str key, an integer beyond 64 bits,
     a lone surrogate), or its text holds `null`, which is how orjson writes NaN and infinity,
-    which json.dumps refuses, so a NaN still fails its request.
+    which json.dumps refuses, so a NaN still fails its request. A float64 numpy row (an
+    embedding, `signature.json_columns`) is written as its list of floats would be.
     """
     try:
         text = orjson.dumps(body, option=_ORJSON_STRICT)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return json.dumps(body, allow_nan=False)
-    return json.dumps(body, allow_nan=False) if b"null" in text else text.decode()
+        return json.dumps(body, allow_nan=False, default=_plain)
+    return json.dumps(body, allow_nan=False, default=_plain) if b"null" in text else text.decode()
+
+
+def _plain(value: Any) -> Any:
+    """A float64 numpy row as json.dumps can write it; anything else json.dumps refuses, refused."""
+    if isinstance(value, np.ndarray) and value.dtype == np.float64:
+        return value.tolist()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def read_native(payload: Payload, spec: Input, label: str = "") -> Instances:

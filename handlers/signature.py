@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from handlers.errors import HandlerContractError
@@ -119,26 +120,44 @@ def per_instance(outputs: Mapping[str, Any], declared: tuple[Output, ...],
     return [{name: values[row] for name, values in columns} for row in range(count)]
 
 
-def json_columns(outputs: Mapping[str, Any], declared: tuple[Output, ...]) -> list[tuple[str, list[Any]]]:
-    """Each declared output as (name, one JSON value per instance), converted in one call each."""
-    return [(spec.name, outputs[spec.name].tolist() if isinstance(outputs[spec.name], torch.Tensor)
-             else list(outputs[spec.name])) for spec in declared]
+def json_columns(outputs: Mapping[str, Any], declared: tuple[Output, ...],
+                 arrays: bool = False) -> list[tuple[str, list[Any]]]:
+    """Each declared output as (name, one JSON value per instance), converted in one call each.
+
+    With `arrays`, an output of float rows (an embedding) gives each instance a float64 numpy
+    row instead of a list: the same float64 values, which `envelopes.serialize` writes as the
+    same text, without building a Python float for each number.
+    """
+    columns = []
+    for spec in declared:
+        values = outputs[spec.name]
+        if not isinstance(values, torch.Tensor):
+            columns.append((spec.name, list(values)))
+        elif arrays and values.dim() > 1 and values.is_floating_point():
+            columns.append((spec.name, list(values.numpy().astype(np.float64))))
+        else:
+            columns.append((spec.name, values.tolist()))
+    return columns
 
 
 class BatchOutputs:
     """A whole batch's named outputs (checked), handed out request by request as `OutputRows`.
 
-    The JSON values are converted once for the batch, the first time a request asks.
+    The JSON values are converted once for the batch, the first time a request asks; with
+    `arrays`, float rows as numpy rows (`json_columns`), for a handler whose `answer` passes
+    them on untouched.
     """
 
-    def __init__(self, outputs: Mapping[str, Any], declared: tuple[Output, ...]) -> None:
+    def __init__(self, outputs: Mapping[str, Any], declared: tuple[Output, ...],
+                 arrays: bool = False) -> None:
         self.outputs = outputs
         self.declared = declared
+        self.arrays = arrays
         self._columns: list[tuple[str, list[Any]]] | None = None
 
     def columns(self) -> list[tuple[str, list[Any]]]:
         if self._columns is None:
-            self._columns = json_columns(self.outputs, self.declared)
+            self._columns = json_columns(self.outputs, self.declared, self.arrays)
         return self._columns
 
     def rows(self, start: int, end: int) -> OutputRows:

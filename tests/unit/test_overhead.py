@@ -150,3 +150,35 @@ def test_tabular_collates_one_tensor_of_every_request_row(tabular: LocalModel) -
     batch = tabular.handler.collate(pieces)
     assert batch.dtype == torch.float32
     assert torch.equal(batch, torch.tensor(rows, dtype=torch.float32))
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(FLOATS, min_size=1, max_size=50))
+def test_numpy_rows_serialize_as_their_lists_did(values: list[float]) -> None:
+    from handlers.signature import Output, json_columns
+
+    rows = torch.tensor([values, values[::-1]], dtype=torch.float32)
+    spec = (Output("embedding", "FP32", (len(values),)),)
+    (_, lists), = json_columns({"embedding": rows}, spec)
+    (_, arrays), = json_columns({"embedding": rows}, spec, arrays=True)
+    for as_list, as_array in zip(lists, arrays, strict=True):
+        assert serialize({"embedding": as_array}) == serialize({"embedding": as_list})
+        assert json.loads(serialize([{"embedding": as_array}])) == [{"embedding": as_list}]
+
+
+def test_a_non_finite_numpy_row_still_fails_serialize() -> None:
+    with pytest.raises(ValueError):
+        serialize({"embedding": np.array([1.0, math.nan])})
+
+
+def test_minilm_answers_the_numbers_the_plain_path_gave(minilm: LocalModel,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    requests = [RawRequest.json({"text": "a sentence to embed"}), RawRequest.json({"text": 3}),
+                RawRequest.json({"text": ["two texts", "of different lengths, this one"]}),
+                RawRequest.json({"instances": ["v1 text"]})]
+    fast = minilm.run(requests)
+    monkeypatch.setattr(type(minilm.handler), "POSTPROCESS_BY_ROW", False)
+    monkeypatch.setattr(type(minilm.handler), "postprocess", lambda self, rows: {"embedding": rows})
+    plain = minilm.run(requests)  # postprocess per request: lists of floats, as before
+    assert [r.status for r in fast] == [200, 400, 200, 200]
+    assert [r.body for r in fast] == [r.body for r in plain]

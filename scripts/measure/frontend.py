@@ -36,9 +36,9 @@ from scripts.measure.loadgen import run_load, workload
 from scripts.serve.local import LocalServer, project_frontend
 
 VARIANTS: dict[str, Mapping[str, str]] = {
-    "torchserve": {},
-    "log": {"vmargs": project_frontend()["vmargs"]},
-    "log+async": project_frontend(),
+    "torchserve": {"vmargs": ""},  # no vmargs: TorchServe's own log4j2.xml
+    "log": project_frontend(),  # what configs/*.properties ship
+    "log+async": {**project_frontend(), "async_logging": "true"},
 }
 
 
@@ -75,7 +75,8 @@ def measure(model: str, concurrency: list[int], rounds: int, duration: float) ->
                     {"requests_per_s": result.throughput, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
                      "java_cpu_ms_per_request": java_ms, "failures": result.failures})
                 print(f"    round {number} c={users:<3} {name:<11} {result.throughput:8.1f} req/s  "
-                      f"p50 {result.p50_ms:6.1f} ms  Java CPU {java_ms:5.2f} ms/request", flush=True)
+                      f"p50 {result.p50_ms:6.1f} ms  Java CPU {java_ms:5.2f} ms/request  "
+                      f"failures {result.failures} of {result.requests}", flush=True)
         for name in started:  # evidence that each variant logged as it says
             log = workdir / name / "logs" / "ts_log.log"
             lines = sum(1 for _ in log.open(errors="replace"))
@@ -94,10 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     found = measure(args.model, args.concurrency, args.rounds, args.duration)
     print(f"\n{args.model}, median of {args.rounds} rounds:")
-    print("| variant | req/s | p50 ms | Java CPU ms per request |")
+    print("| variant | req/s | p50 ms | Java CPU ms per request | failures |")
     for label, row in found.items():
         print(f"| {label} | {row['requests_per_s']:.1f} | {row['p50_ms']:.1f} | "
-              f"{row['java_cpu_ms_per_request']:.2f} |")
+              f"{row['java_cpu_ms_per_request']:.2f} | {row['failures']:.0f} |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.model}.json").write_text(json.dumps(
         {"rounds": args.rounds, "duration_s": args.duration, "variants": VARIANTS, "medians": found},

@@ -207,7 +207,7 @@ def served(models: Sequence[str], inprocess: dict[str, Any], clients: int, secon
     configs = [str(CONFIG_DIR / f"{model}.yaml") for model in models]
     if archive.main([*configs, "--store", str(store), "--device", "gpu"]) != 0:
         raise RuntimeError("the GPU-profile archives did not build (the log above says why)")
-    project = {"number_of_gpu": str(gpus), **project_frontend()}
+    project = {"number_of_gpu": str(gpus), **project_frontend()}  # what configs/*.properties ship
     found: dict[str, Any] = {"runs": []}
     logger.info("==> served: %s, %d clients, %.0f s each (number_of_gpu=%d)", ", ".join(models), clients,
                 seconds, gpus)
@@ -224,11 +224,11 @@ def served(models: Sequence[str], inprocess: dict[str, Any], clients: int, secon
         found["gpu_metrics"] = gpu_metrics(server)
     found["nvgpu_missing_lines"] = log_count(workdir / "project" / "logs", "No module named 'nvgpu'")
     if "minilm" in models:  # TorchServe's own frontend settings, for the frontend's share
-        defaults = {"number_of_gpu": str(gpus)}
+        defaults = {"number_of_gpu": str(gpus), "vmargs": ""}
         with LocalServer.start(workdir / "defaults", store, ["minilm"], timeout=600,
                                extra=defaults) as server:
-            found["runs"].append(load(server, "minilm", "TorchServe's log4j2.xml (DEBUG), sync logging, "
-                                      "1 worker", clients, seconds, workdir, inprocess))
+            found["runs"].append(load(server, "minilm", "TorchServe's own log4j2.xml, 1 worker", clients,
+                                      seconds, workdir, inprocess))
     return found
 
 

@@ -29,9 +29,9 @@ LOG4J = Path("configs/log4j2.xml")  # TorchServe's log configuration with the pe
 
 
 def project_frontend() -> dict[str, str]:
-    """The frontend properties configs/*.properties ship: our log4j2.xml (absolute here, since a
-    private server runs in its own directory) and log4j's asynchronous loggers."""
-    return {"vmargs": f"-Dlog4j.configurationFile={LOG4J.resolve()}", "async_logging": "true"}
+    """The frontend properties configs/*.properties ship: our log4j2.xml, absolute here, since a
+    private server runs in its own directory. `{"vmargs": ""}` in `extra` gives TorchServe's own."""
+    return {"vmargs": f"-Dlog4j.configurationFile={LOG4J.resolve()}"}
 
 
 def free_port() -> int:
@@ -61,6 +61,7 @@ def write_properties(workdir: Path, store: Path, archives: Sequence[str],
         "metrics_mode": "prometheus",
         "metrics_config": str(METRICS_CONFIG.resolve()),
         "python": sys.executable,
+        **project_frontend(),
         **(extra or {}),
     }
     (workdir / "config.properties").write_text(

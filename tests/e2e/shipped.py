@@ -2,8 +2,8 @@
 
 A test that copied a file's values into a dict would prove the copy. This passes the
 file's own values instead, and leaves to LocalServer only what a private server must
-own: its free loopback ports, its model store and the absolute path of the metrics
-config (a relative one would resolve against the server's working directory).
+own: its free loopback ports, its model store and the absolute paths of the metrics
+config and the log configuration (relative ones would resolve against the server's working directory).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ LOCAL = Path("configs/local.properties")
 # LocalServer writes these itself (scripts/serve/local.py, write_properties).
 SERVER_OWNED = ("inference_address", "management_address", "metrics_address", "grpc_inference_port",
                 "grpc_management_port", "initial_worker_port", "model_store", "load_models",
-                "metrics_config")
+                "metrics_config", "vmargs")
 
 
 def shipped_properties(path: Path) -> dict[str, str]:

@@ -72,6 +72,7 @@ def test_container_properties_are_production_with_only_the_container_changes() -
     expected["metrics_config"] = f"/opt/toolkit/{production['metrics_config']}"
     expected["enable_envvars_config"] = "true"
     expected["enable_model_api"] = "false"  # the image's model_store is read-only: no rollout inside
+    expected["vmargs"] = production["vmargs"].replace("=configs/", "=/opt/toolkit/configs/")
     assert container == expected
     assert container["disable_token_authorization"] == "false"
     assert container["allowed_urls"] == production["allowed_urls"]  # locked to the store there too

@@ -51,4 +51,4 @@ def test_every_shipped_model_sets_a_queue_limit_from_a_stated_budget(path: Path)
     lines = [line for line in path.read_text().splitlines() if "jobQueueSize:" in line]
     assert len(lines) == 2, f"{path}: one jobQueueSize per profile"
     for line in lines:
-        assert re.search(r"#.*budget", line), f"{path}: say which latency budget jobQueueSize comes from: {line}"
+        assert re.search(r"#.*budget", line), f"{path}: say which budget jobQueueSize comes from: {line}"

@@ -91,9 +91,10 @@ def requests_of(model: str, count: int) -> list[RawRequest]:
 
 
 @contextmanager
-def local_model(model: str, gpu: int | None) -> Iterator[LocalModel]:
+def local_model(model: str, gpu: int | None, warmup: bool = True) -> Iterator[LocalModel]:
     """The model's GPU profile in-process: on GPU `gpu`, or on the CPU with gpu None."""
-    with LocalModel.from_config(CONFIG_DIR / f"{model}.yaml", gpu=gpu, device="gpu") as loaded:
+    options = None if warmup else {"warmup": False}
+    with LocalModel.from_config(CONFIG_DIR / f"{model}.yaml", options, gpu=gpu, device="gpu") as loaded:
         yield loaded
 
 
@@ -191,7 +192,7 @@ def in_process(models: Sequence[str], batches: Sequence[int], rounds: int,
             engine = on_device.handler.placement.label
             device_answers = on_device.run(checked)
             device_speed = time_batches(on_device, model, batches, rounds)
-        with local_model(model, None) as on_cpu:
+        with local_model(model, None, warmup=False) as on_cpu:  # the reference: its first batch is not read
             cpu_answers = on_cpu.run(checked)
             cpu_speed = time_batches(on_cpu, model, batches, max(2, rounds // 3))
         found[model] = {"engine": engine, "agreement": agreement(device_answers, cpu_answers),

@@ -18,7 +18,7 @@ Served (a private TorchServe with number_of_gpu, the GPU-profile archives, locus
   workers     describe's gpu field and the engine each worker reports (HandlerEngine)
   speed       requests/s, p50, p99 and mean batch at --clients closed-loop clients, and
               served / in-process at the profile's batchSize
-  minilm      also with 2 workers on the one GPU, and under TorchServe's own log4j2.xml
+  minilm      also with --workers-per-gpu workers per GPU (default 2), and under TorchServe's log4j2.xml
               (per-request DEBUG lines) instead of configs/log4j2.xml
   GPU metrics TorchServe's GPUUtilization / GPUMemoryUsed (they need the nvgpu package)
 
@@ -202,7 +202,8 @@ def in_process(models: Sequence[str], batches: Sequence[int], rounds: int,
 
 
 def served(models: Sequence[str], inprocess: dict[str, Any], clients: int, seconds: float,
-           gpus: int, workdir: Path) -> dict[str, Any]:
+           gpus: int, workdir: Path, workers_per_gpu: Sequence[int] = (2,),
+           defaults: bool = True) -> dict[str, Any]:
     """Each model served by TorchServe from its GPU-profile archive, under `clients` closed-loop clients."""
     store = workdir / "store"
     configs = [str(CONFIG_DIR / f"{model}.yaml") for model in models]
@@ -217,14 +218,15 @@ def served(models: Sequence[str], inprocess: dict[str, Any], clients: int, secon
         for model in models:
             found["runs"].append(load(server, model, "project frontend, 1 worker", clients, seconds,
                                       workdir, inprocess, breakdown=model == "minilm"))
-        if "minilm" in models:
+        for count in (sorted(workers_per_gpu) if "minilm" in models else []):
             with server.client() as client:
-                client.scale("minilm", min_workers=2, synchronous=True, timeout=300)
-            found["runs"].append(load(server, "minilm", "project frontend, 2 workers on one GPU", clients,
-                                      seconds, workdir, inprocess))
+                client.scale("minilm", min_workers=count * max(1, gpus), synchronous=True, timeout=300)
+            found["runs"].append(load(server, "minilm", f"project frontend, {count} workers per GPU",
+                                      clients, seconds, workdir, inprocess))
         found["gpu_metrics"] = gpu_metrics(server)
     found["nvgpu_missing_lines"] = log_count(workdir / "project" / "logs", "No module named 'nvgpu'")
-    if "minilm" in models:  # TorchServe's own frontend settings, for the frontend's share
+    found["gpu_utilization_lines"] = log_count(workdir / "project" / "logs", "GPUUtilization")  # ts_metrics.log
+    if "minilm" in models and defaults:  # TorchServe's own frontend settings, for the frontend's share
         defaults = {"number_of_gpu": str(gpus), "vmargs": ""}
         with LocalServer.start(workdir / "defaults", store, ["minilm"], timeout=600,
                                extra=defaults) as server:
@@ -323,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=20.0, help="load per served run")
     parser.add_argument("--no-served", action="store_true", help="in-process only (no Java needed)")
+    parser.add_argument("--workers-per-gpu", type=int, nargs="*", default=[2],
+                        help="minilm served again with these workers per GPU (default 2)")
+    parser.add_argument("--no-defaults", action="store_true",
+                        help="skip minilm under TorchServe's own log4j2.xml")
     parser.add_argument("--inprocess", type=Path,
                         help="serve only, with the in-process figures of an earlier run's gpu-inprocess.json")
     parser.add_argument("--cpu-only", action="store_true", help="no GPU: the CPU stands in for it")
@@ -351,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as workdir:
         result = served(args.models, inprocess["models"], args.clients, args.seconds,
-                        0 if gpu is None else torch.cuda.device_count(), Path(workdir))
+                        0 if gpu is None else torch.cuda.device_count(), Path(workdir), args.workers_per_gpu,
+                        defaults=not args.no_defaults)
     (out / "gpu-served.json").write_text(json.dumps({"environment": facts, **result}, indent=2) + "\n")
     logger.info("==> wrote %s", out / "gpu-served.json")
     return 0

@@ -225,7 +225,7 @@ def served(models: Sequence[str], inprocess: dict[str, Any], clients: int, secon
                                       clients, seconds, workdir, inprocess))
         found["gpu_metrics"] = gpu_metrics(server)
     found["nvgpu_missing_lines"] = log_count(workdir / "project" / "logs", "No module named 'nvgpu'")
-    found["gpu_utilization_lines"] = log_count(workdir / "project" / "logs", "GPUUtilization")  # ts_metrics.log
+    found["gpu_utilization_lines"] = log_count(workdir / "project" / "logs", "GPUUtilization")
     if "minilm" in models and defaults:  # TorchServe's own frontend settings, for the frontend's share
         defaults = {"number_of_gpu": str(gpus), "vmargs": ""}
         with LocalServer.start(workdir / "defaults", store, ["minilm"], timeout=600,

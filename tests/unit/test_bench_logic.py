@@ -82,8 +82,14 @@ def test_litserve_app_answers_tabular_as_the_fastapi_app_does(monkeypatch: pytes
     decoded = [api.decode_request(json.loads(body)) for body in bodies]
     answers = [api.encode_response(output) for output in api.unbatch(api.predict(api.batch(decoded)))]
     expected = [fastapi_app._answer(body) for body in bodies]
-    assert answers == expected and expected[0]["label"] in ("malignant", "benign")
-    assert json.dumps(answers[0]) == json.dumps(expected[0])
+    # LitServe ran the three rows as one batch, FastAPI one by one: a batched matmul may round the last
+    # bit differently (seen on some CPUs), so the probabilities agree to float32 precision, the rest exactly.
+    assert [{k: v for k, v in a.items() if k != "probabilities"} for a in answers] == \
+        [{k: v for k, v in e.items() if k != "probabilities"} for e in expected]
+    for got, want in zip(answers, expected, strict=True):
+        assert got["probabilities"].keys() == want["probabilities"].keys()
+        assert all(abs(got["probabilities"][k] - p) < 1e-6 for k, p in want["probabilities"].items())
+    assert expected[0]["label"] in ("malignant", "benign")
     # The route reads the body (JSON parsed, anything else raw bytes), not a Request it would .json().
     (route,) = [r for r in server("tabular").app.routes if getattr(r, "path", "") == "/predictions/tabular"]
     assert route.body_field is not None and route.methods == {"POST"}

@@ -26,12 +26,13 @@ from handlers import (
     ModelHandler,
     Output,
     RuntimeOptions,
+    float32_array,
+    float_rows,
     load_weights,
     option,
+    to_device,
 )
 from handlers.architectures import TABULAR_CLASSES, TABULAR_FEATURES, TabularMLP
-from handlers.runtime import to_device
-from handlers.validation import float32_array, float_rows
 
 
 class TabularHandler(ModelHandler):

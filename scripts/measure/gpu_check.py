@@ -339,8 +339,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: docs/performance (results/gpu-check with --cpu-only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    for noisy in ("handlers", "ts", "scripts.build", "scripts.harness", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    noisy = [logging.getLogger(name)
+             for name in ("handlers", "ts", "scripts.build", "scripts.harness", "urllib3")]
+    levels = [logger.level for logger in noisy]
+    for quiet in noisy:
+        quiet.setLevel(logging.WARNING)
+    try:
+        return check(args)
+    finally:  # called in-process (the tests), it must not leave these loggers quiet
+        for quiet, level in zip(noisy, levels, strict=True):
+            quiet.setLevel(level)
+
+
+def check(args: argparse.Namespace) -> int:
+    """The whole check for parsed arguments; 0 unless a step fails."""
     if not torch.cuda.is_available() and not args.cpu_only:
         logger.info("gpu-check: no CUDA device here (torch %s, torch.cuda.is_available() is False): nothing "
                     "to check. Run it on a machine with an NVIDIA GPU and a CUDA build of torch.",

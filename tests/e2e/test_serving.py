@@ -13,6 +13,7 @@ import pytest
 import requests
 import yaml
 
+from handlers.runtime import batch_sizes
 from scripts.build import datasets
 from scripts.build.models import digit_png
 from tests.conftest import FIGURES
@@ -92,15 +93,18 @@ def test_minilm_matches_sentence_transformers(server: Server) -> None:
 
 
 def test_every_worker_warmed_up_at_every_batch_size_before_ready(server: Server) -> None:
-    """READY means warm: each worker logged its warm-up over 1..batchSize before initialize returned."""
+    """READY means warm: each worker logged its warm-up before initialize returned, over the sizes an
+    eager engine is warmed at (handlers.runtime.batch_sizes: 1, 2, 4, ... and batchSize itself)."""
     # TorchServe's log4j2 rolls model_log.log at midnight (model_log.DD-Mon.log.gz): read those too.
     logs = server.workdir / "logs"
     log = "".join(gzip.decompress(path.read_bytes()).decode() for path in sorted(logs.glob("model_log.*.gz")))
     log += (logs / "model_log.log").read_text()
     for model in MODELS:
         config = yaml.safe_load(Path(f"configs/models/{model}.yaml").read_text())["model_config"]
-        sizes = re.escape(str(list(range(1, config["batchSize"] + 1))))
+        warmed = batch_sizes(config["batchSize"], buckets=False)
+        assert warmed[0] == 1 and warmed[-1] == config["batchSize"]
+        sizes = re.escape(str(warmed))
         pattern = re.compile(rf"W-\d+-{model}_\S* .*warm-up: batch sizes {sizes} x (\d+) input")
         found = pattern.search(log)
-        assert found, f"no warm-up line for {model} over batch sizes 1..{config['batchSize']}"
+        assert found, f"no warm-up line for {model} over batch sizes {warmed}"
         assert int(found[1]) >= 1

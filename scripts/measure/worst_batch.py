@@ -48,7 +48,10 @@ from scripts.harness import LocalModel, RawRequest
 from scripts.measure.variants import save_results
 from scripts.serve.local import LocalServer
 
-LEAD_S = 0.2  # how long the first request runs alone before the batch is sent behind it
+# How long the first request runs alone before the batch is sent behind it: long enough for the frontend
+# to hand it to the worker (a few ms), well inside its run (minilm's worst legal request now takes about
+# 0.15 s here: at 0.2 s the batch sometimes arrived at an idle worker and was split).
+LEAD_S = 0.05
 CJK = "日本語のテキストを埋め込みます。"  # one token per character: the tokenizer's slowest text we found
 
 

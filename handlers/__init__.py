@@ -16,12 +16,12 @@ from handlers.placement import pick_device
 from handlers.request import Instances
 from handlers.runtime import RuntimeOptions, to_device
 from handlers.signature import NUMBER_TYPES, Input, Output
-from handlers.validation import check_budget, check_count, float32_array, float_matrix, float_rows
+from handlers.validation import check_budget, check_count, float_matrix
 from handlers.weights import load_weights
 
 __all__ = [
     "NUMBER_TYPES", "Input", "Instances", "InvalidInput", "ModelHandler", "OptionsError", "Output",
     "PayloadTooLarge", "RequestError", "RuntimeOptions", "UnsupportedMediaType", "brief", "check_budget",
-    "check_count", "float32_array", "float_matrix", "float_rows", "load_weights", "located", "option",
+    "check_count", "float_matrix", "load_weights", "located", "option",
     "pick_device", "to_device",
 ]

@@ -10,7 +10,7 @@ A model is one module with one `ModelHandler` subclass. Its author declares
 and writes the hooks (TorchServe's names; only the first two are required):
 
     load_model(model_dir) -> nn.Module         the float network on the CPU, weights loaded
-    preprocess(instances) -> tensor | list     ONE request's instance values -> network inputs
+    preprocess(instances) -> tensor | array | list   ONE request's instance values -> network inputs
     postprocess(rows) -> {output: values}      ONE request's output rows -> its named outputs
     answer(outputs) -> JSON                    one instance's native JSON answer (default: outputs)
 
@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 from ts.torch_handler.base_handler import BaseHandler
@@ -127,8 +128,8 @@ class ModelHandler(BaseHandler):
         """The float network on the CPU, weights loaded: network inputs -> one row per instance."""
         raise NotImplementedError
 
-    def preprocess(self, request: Instances) -> torch.Tensor | list[Any]:
-        """One request's instance values -> one network input each (a tensor [n, ...] or a list).
+    def preprocess(self, request: Instances) -> torch.Tensor | np.ndarray | list[Any]:
+        """One request's instance values -> one network input each (a tensor or array [n, ...], or a list).
 
         Raise a RequestError (InvalidInput, PayloadTooLarge, ...) naming `request.names[i]`
         when a value is bad: that request alone gets the error.
@@ -147,8 +148,11 @@ class ModelHandler(BaseHandler):
         return parts
 
     def collate(self, per_request: Sequence[Any]) -> Any:
-        """Join the instances of all good requests into one batch on `self.device`."""
+        """Join the instances of all good requests into one batch on `self.device` (numpy arrays
+        become one tensor here, so a handler's preprocess need not make a tensor per request)."""
         joined = join_instances(per_request)
+        if isinstance(joined, np.ndarray):
+            joined = torch.from_numpy(joined)
         return to_device(joined, self.device) if isinstance(joined, torch.Tensor) else joined
 
     def inference(self, batch: Any) -> torch.Tensor:

@@ -4,13 +4,13 @@ An engine takes the network's input tensors (batch first) and returns one float3
 output row per instance. `build_engine` picks one from the handler's
 `RuntimeOptions`:
 
-    onnx (placed)       -> OnnxEngine (an ONNX Runtime session, CUDA provider first), over the
+    onnx                -> OnnxEngine (an ONNX Runtime session, CUDA provider first), over the
                            int8 export (options.onnx_model_file) when quantize is int8
-    torch (placed)      -> TorchEngine over the network, int8-quantized and/or compiled
-
-`backend: auto` is resolved per worker first (handlers/placement.py): ONNX Runtime on a
-CPU worker, torch on a CUDA one.
+    torch               -> TorchEngine over the network, int8-quantized and/or compiled
     static_shapes/compile -> wrapped in BucketedEngine: fixed batch sizes only
+
+The backend is the one placed for this worker (handlers/placement.py), which resolves
+`backend: auto`: ONNX Runtime on a CPU worker, torch on a CUDA one.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -57,7 +58,10 @@ class Parsed:
 
 
 def join_instances(pieces: Sequence[Any]) -> Any:
-    """Instances of several requests (or form fields) as one: tensors concatenated, lists chained."""
+    """Instances of several requests (or form fields) as one: tensors or numpy arrays concatenated
+    (one copy for the batch), lists chained."""
     if all(isinstance(piece, torch.Tensor) for piece in pieces):
         return torch.cat(list(pieces))
+    if all(isinstance(piece, np.ndarray) for piece in pieces):
+        return np.concatenate(pieces)
     return [instance for piece in pieces for instance in piece]

@@ -10,7 +10,6 @@ Response: {"label": "benign", "class_index": 1, "probabilities": {"malignant": 0
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,9 @@ from handlers import (
     ModelHandler,
     Output,
     RuntimeOptions,
-    float32_array,
-    float_rows,
+    float_matrix,
     load_weights,
     option,
-    to_device,
 )
 from handlers.architectures import TABULAR_CLASSES, TABULAR_FEATURES, TabularMLP
 
@@ -55,15 +52,7 @@ class TabularHandler(ModelHandler):
         return nn.Sequential(mlp, nn.Softmax(dim=1))
 
     def preprocess(self, request: Instances) -> np.ndarray:
-        """The rows as a float32 array [n, 30]: a tensor is made once per batch, in collate."""
-        return float32_array(float_rows(request.values, TABULAR_FEATURES, request.names), TABULAR_FEATURES)
-
-    def collate(self, per_request: Sequence[Any]) -> torch.Tensor:
-        """The batch's arrays as one float32 tensor: one torch.from_numpy, not a tensor per request."""
-        if all(isinstance(piece, torch.Tensor) for piece in per_request):  # warm-up's zero rows
-            return super().collate(per_request)
-        arrays = [np.asarray(piece, dtype=np.float32).reshape(-1, TABULAR_FEATURES) for piece in per_request]
-        return to_device(torch.from_numpy(np.concatenate(arrays)), self.device)
+        return float_matrix(request.values, TABULAR_FEATURES, request.names)
 
     def postprocess(self, rows: torch.Tensor) -> dict[str, Any]:
         best = rows.argmax(dim=1)

@@ -30,28 +30,18 @@ def check_budget(total: int, limit: int, what: str, option: str) -> None:
         raise PayloadTooLarge(f"{total} {what} in one request; the limit is {limit} ({option})")
 
 
-def float_matrix(rows: list[Any], width: int, names: list[str]) -> torch.Tensor:
-    """Rows of exactly `width` finite float32 numbers as a tensor [N, width]; `names` name each row."""
-    return torch.from_numpy(float32_array(float_rows(rows, width, names), width))
+def float_matrix(rows: list[Any], width: int, names: list[str]) -> np.ndarray:
+    """Rows of exactly `width` finite float32 numbers as a float32 array [N, width]; `names` name each
+    row. An array, not a tensor: `ModelHandler.collate` makes one tensor of the batch's arrays, and
+    numpy converts a row at a fifth of torch.tensor's cost (the same float32 values).
 
-
-def float_rows(rows: list[Any], width: int, names: list[str]) -> list[Any]:
-    """`rows` once each holds exactly `width` finite float32 numbers; `names` name each row.
-
-    Returned as given (not yet a tensor), so a handler can convert a whole batch at once with
-    `float32_array`. Good rows take a fast path; only when it fails are values checked one by
-    one, to name the first bad one in the error.
+    Good rows take a fast path; only when it fails are values checked one by one, to name
+    the first bad one in the error.
     """
-    if _numbers_fit(rows, width):
-        return rows
-    for row, where in zip(rows, names, strict=True):
-        _check_row(row, width, where)
-    return [[float(number) for number in row] for row in rows]
-
-
-def float32_array(rows: list[Any], width: int) -> np.ndarray:
-    """Checked rows (`float_rows`) as one float32 array [N, width]: the values torch.tensor gives,
-    at a fifth of its cost for a row."""
+    if not _numbers_fit(rows, width):
+        for row, where in zip(rows, names, strict=True):
+            _check_row(row, width, where)
+        rows = [[float(number) for number in row] for row in rows]
     array = np.array(rows, dtype=np.float32)
     return array if array.ndim == 2 else array.reshape(len(rows), width)  # no rows: [0, width]
 

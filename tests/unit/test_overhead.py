@@ -135,12 +135,11 @@ NUMBERS = st.one_of(FLOATS, st.integers(-(2**100), 2**100).filter(lambda n: abs(
 @settings(max_examples=200, deadline=None)
 @given(rows=st.lists(st.lists(NUMBERS, min_size=3, max_size=3), min_size=1, max_size=4))
 def test_float_rows_become_the_float32_values_torch_tensor_gave(rows: list[list[float]]) -> None:
-    from handlers.validation import float32_array, float_matrix, float_rows
+    from handlers.validation import float_matrix
 
     names = [f"features[{n}]" for n in range(len(rows))]
     expected = torch.tensor([[float(number) for number in row] for row in rows], dtype=torch.float32)
-    assert torch.equal(torch.from_numpy(float32_array(float_rows(rows, 3, names), 3)), expected)
-    assert torch.equal(float_matrix(rows, 3, names), expected)
+    assert torch.equal(torch.from_numpy(float_matrix(rows, 3, names)), expected)
 
 
 def test_tabular_collates_one_tensor_of_every_request_row(tabular: LocalModel) -> None:

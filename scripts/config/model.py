@@ -117,7 +117,8 @@ def load_spec(path: Path, root: Path = Path("."), device: str = "cpu") -> ModelS
     handler = _handler_path(path, raw, root)
     files = _files(path, raw.get("files"), root, reserved={handler.name})
     model_config = _model_config(path, raw["model_config"], handler, files)
-    gpu_config = _model_config(path, gpu_profile(path, model_config, raw.get("gpu")), handler, files, "gpu")
+    gpu_config = model_config if raw.get("gpu") is None else _model_config(
+        path, gpu_profile(path, model_config, raw["gpu"]), handler, files, "gpu")
     example = _example(path, raw.get("example"))
     rollout = parse_policy(path, raw.get("rollout"), root)
     recycle = parse_recycle(path, raw.get("recycle"))
@@ -127,8 +128,6 @@ def load_spec(path: Path, root: Path = Path("."), device: str = "cpu") -> ModelS
 
 def gpu_profile(path: Path, model_config: Mapping[str, Any], overlay: Any) -> dict[str, Any]:
     """model_config with the gpu: overlay laid over it; `handler` options merge key by key."""
-    if overlay is None:
-        return dict(model_config)
     if not isinstance(overlay, dict):
         raise ConfigError(path, "gpu", "expected a mapping of model_config keys",
                           "write gpu: {batchSize: 64, handler: {backend: torch}}")

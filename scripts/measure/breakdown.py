@@ -134,11 +134,15 @@ class CpuMeter:
         return {label: self._seconds(p) - self.before[label] for label, p in self.processes.items()}
 
 
-def server_processes(server: LocalServer, worker_pid: int) -> dict[str, psutil.Process]:
-    """The Java frontend and the model's worker (the launcher itself only waits)."""
+def frontend_process(server: LocalServer) -> psutil.Process:
+    """The Java frontend of `server` (its launcher only waits for it)."""
     launcher = psutil.Process(server.process.pid)
-    java = next(p for p in [launcher, *launcher.children(recursive=True)] if "java" in p.name())
-    return {"frontend (Java)": java, "worker (Python)": psutil.Process(worker_pid)}
+    return next(p for p in [launcher, *launcher.children(recursive=True)] if "java" in p.name())
+
+
+def server_processes(server: LocalServer, worker_pid: int) -> dict[str, psutil.Process]:
+    """The Java frontend and the model's worker."""
+    return {"frontend (Java)": frontend_process(server), "worker (Python)": psutil.Process(worker_pid)}
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:

@@ -19,6 +19,7 @@ Output: results/frontend/MODEL.json and a table on stdout.
 from __future__ import annotations
 
 import argparse
+import gzip
 import itertools
 import json
 import statistics
@@ -28,10 +29,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from scripts.build.archive import build_archive
 from scripts.config.model import CONFIG_DIR, load_spec
+from scripts.measure.breakdown import CpuMeter, frontend_process
 from scripts.measure.loadgen import run_load, workload
 from scripts.serve.local import LocalServer, project_frontend
 
@@ -42,13 +42,10 @@ VARIANTS: dict[str, Mapping[str, str]] = {
 }
 
 
-def frontend_cpu(server: LocalServer) -> float:
-    """CPU seconds the Java frontend of `server` has used so far."""
-    for child in psutil.Process(server.process.pid).children(recursive=True):
-        if child.name() == "java":
-            times = child.cpu_times()
-            return times.user + times.system
-    raise RuntimeError("no java process under the TorchServe launcher")
+def log_lines(log_dir: Path) -> int:
+    """Lines the frontend wrote to ts_log, the files log4j rolled at 100 MB (ts_log.*.log.gz) included."""
+    rolled = sum(gzip.decompress(path.read_bytes()).count(b"\n") for path in log_dir.glob("ts_log.*.gz"))
+    return rolled + (log_dir / "ts_log.log").read_bytes().count(b"\n")
 
 
 def measure(model: str, concurrency: list[int], rounds: int, duration: float) -> dict[str, Any]:
@@ -67,10 +64,11 @@ def measure(model: str, concurrency: list[int], rounds: int, duration: float) ->
             run_load(server.inference_url, f"/predictions/{model}", bodies, max(concurrency), 3, workdir)
         for number, users in itertools.product(range(1, rounds + 1), concurrency):
             for name, server in started.items():
-                before = frontend_cpu(server)
+                meter = CpuMeter({"java": frontend_process(server)})
+                meter.start()
                 result = run_load(server.inference_url, f"/predictions/{model}", bodies, users, duration,
                                   workdir)
-                java_ms = (frontend_cpu(server) - before) * 1e3 / max(1, result.requests)
+                java_ms = meter.stop()["java"] * 1e3 / max(1, result.requests)
                 samples.setdefault((name, users), []).append(
                     {"requests_per_s": result.throughput, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
                      "java_cpu_ms_per_request": java_ms, "failures": result.failures})
@@ -78,9 +76,7 @@ def measure(model: str, concurrency: list[int], rounds: int, duration: float) ->
                       f"p50 {result.p50_ms:6.1f} ms  Java CPU {java_ms:5.2f} ms/request  "
                       f"failures {result.failures} of {result.requests}", flush=True)
         for name in started:  # evidence that each variant logged as it says
-            log = workdir / name / "logs" / "ts_log.log"
-            lines = sum(1 for _ in log.open(errors="replace"))
-            print(f"    {name}: ts_log.log has {lines} lines", flush=True)
+            print(f"    {name}: {log_lines(workdir / name / 'logs')} lines in ts_log", flush=True)
     return {f"{name} c={users}": {key: statistics.median(s[key] for s in runs) for key in runs[0]}
             for (name, users), runs in samples.items()}
 

@@ -255,8 +255,8 @@ def load(server: LocalServer, model: str, variant: str, clients: int, seconds: f
     """One locust run; with `breakdown`, also where a request's time went (make breakdown's three views:
     TorchServe's latency split, CPU seconds per process, a py-spy profile of the worker)."""
     bodies = workload(model).write(workdir / f"{model}-bodies.json")
-    # A frontend's first seconds run in the JVM's interpreter: warm it and the workers before measuring
-    # (on the H200, minilm measured first gave 1.28 ms of Java CPU per request, after others 0.28 ms).
+    # Warm the frontend (a JVM compiles its hot paths as they run) and the workers before measuring: on
+    # the H200, minilm measured first took 1.28 ms of Java CPU per request, measured after others 0.28 ms.
     run_load(server.inference_url, f"/predictions/{model}", bodies, clients, min(5.0, seconds), workdir)
     if breakdown:
         with server.client() as client:

@@ -44,6 +44,7 @@ WORKER_DIED = "Backend worker process died."  # model_service_worker.py, as its 
 WORKER_TAG = re.compile(r"\bW-(\d+)-(\S+)")  # TorchServe's logger per worker: W-PORT-MODEL_VERSION-stdout
 DEFAULT_STARTUP_TIMEOUT = 120.0  # TorchServe's own, for a model-config without startupTimeout
 SHOWN_CHARS = 120  # of the last log line in a progress line
+TRACEBACK_WAIT_S = 3.0  # after a worker's death line, for its traceback to reach the log
 
 
 class CannotLoad(RuntimeError):
@@ -148,6 +149,7 @@ class LoadWatch:
     _seen: dict[str, float] = field(init=False, default_factory=dict)  # first described at
     _shown: dict[str, float] = field(init=False, default_factory=dict)  # last progress line at
     _pids: dict[str, dict[str, set[int]]] = field(init=False, default_factory=dict)
+    _died: dict[str, float] = field(init=False, default_factory=dict)  # its death line first seen at
 
     def __post_init__(self) -> None:
         self._log = WorkerLog(self.model_log, from_start=self.whole_log) if self.model_log else None
@@ -168,8 +170,12 @@ class LoadWatch:
                                 fix=f"if it is only slow, raise startupTimeout in {model}'s model YAML "
                                     "(model_config) and rebuild with `make archive`")
         if died:
-            raise self._failure(model, "its worker died while loading (TorchServe restarts it, but an "
-                                       "initialize() that raised fails again)", tagged)
+            # The death line comes through the worker's stdout, its traceback through stderr: TorchServe
+            # reads them on two threads, so the traceback may land in the log just after. Wait for it briefly.
+            died_at = self._died.setdefault(model, now)
+            if any(ERROR_LINE.match(text) for _, text in tagged) or now - died_at >= TRACEBACK_WAIT_S:
+                raise self._failure(model, "its worker died while loading (TorchServe restarts it, but an "
+                                           "initialize() that raised fails again)", tagged)
         if restarts >= self.restarts:
             raise self._failure(model, f"its worker died {restarts} times while loading and TorchServe "
                                        "keeps restarting it (a crash loop)", tagged)

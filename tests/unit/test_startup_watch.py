@@ -13,7 +13,14 @@ import pytest
 
 from scripts.build.store import read_archive
 from scripts.deploy.sizing import FRONTEND_START_S
-from scripts.serve.startup import CannotLoad, LoadWatch, outer_timeout, startup_budgets, worker_log
+from scripts.serve.startup import (
+    TRACEBACK_WAIT_S,
+    CannotLoad,
+    LoadWatch,
+    outer_timeout,
+    startup_budgets,
+    worker_log,
+)
 
 PREFIX = "2026-11-30T19:08:43,290 [INFO ] W-{port}-{model}_1.0-stdout MODEL_LOG - "
 STARTED, DIED = "Torch worker started.", "Backend worker process died."
@@ -166,3 +173,25 @@ def test_a_worker_restarted_after_its_startup_timeout_is_named_for_the_timeout(t
     clock.now += 6.0  # TorchServe stopped the worker at its startupTimeout and started another
     with pytest.raises(CannotLoad, match=r"past its startupTimeout \(5 s"):
         watch.observe("tooslow", describe(12))
+
+
+def test_a_death_line_before_its_traceback_waits_briefly_for_the_traceback(tmp_path: Path) -> None:
+    """TorchServe logs a worker's stdout (the death line) and stderr (the traceback) on two threads."""
+    log, clock = tmp_path / "model_log.log", Clock()
+    watch = LoadWatch({"broken": 120.0}, model_log=log, clock=clock)
+    write(log, "broken", STARTED, DIED)
+    assert watch.observe("broken", describe(11)) is None  # no error line yet: not named without it
+    write(log, "broken", "Traceback (most recent call last):", "ValueError: weights are not safetensors")
+    with pytest.raises(CannotLoad) as failed:
+        watch.observe("broken", describe(11))
+    assert failed.value.log[-1] == "ValueError: weights are not safetensors"
+
+
+def test_a_death_with_no_traceback_is_named_after_the_short_wait(tmp_path: Path) -> None:
+    log, clock = tmp_path / "model_log.log", Clock()
+    watch = LoadWatch({"broken": 120.0}, model_log=log, clock=clock)
+    write(log, "broken", STARTED, DIED)
+    assert watch.observe("broken", describe(11)) is None
+    clock.now += TRACEBACK_WAIT_S
+    with pytest.raises(CannotLoad, match="its worker died while loading"):
+        watch.observe("broken", describe(11))

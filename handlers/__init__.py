@@ -11,6 +11,7 @@ one class defined in the module named by `--handler`; imported ones don't count)
 
 from handlers.base import ModelHandler
 from handlers.errors import InvalidInput, PayloadTooLarge, RequestError, UnsupportedMediaType, brief, located
+from handlers.modules import find_handler_class, handler_class
 from handlers.options import OptionsError, option
 from handlers.placement import pick_device
 from handlers.request import Instances
@@ -22,6 +23,6 @@ from handlers.weights import load_weights
 __all__ = [
     "NUMBER_TYPES", "Input", "Instances", "InvalidInput", "ModelHandler", "OptionsError", "Output",
     "PayloadTooLarge", "RequestError", "RuntimeOptions", "UnsupportedMediaType", "brief", "check_budget",
-    "check_count", "float_matrix", "load_weights", "located", "option",
+    "check_count", "find_handler_class", "float_matrix", "handler_class", "load_weights", "located", "option",
     "pick_device", "to_device",
 ]

@@ -39,7 +39,8 @@ from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.service import Service
 
 from handlers.base import ModelHandler
-from scripts.config.model import CONFIG_DIR, METRICS_CONFIG, find_handler_class, handler_class, load_spec
+from handlers.modules import find_handler_class, handler_class
+from scripts.config.model import CONFIG_DIR, METRICS_CONFIG, load_spec
 
 URLENCODED = "application/x-www-form-urlencoded"
 

@@ -35,10 +35,11 @@ import torch
 
 from handlers.base import ModelHandler
 from handlers.engines import int8_layers
+from handlers.modules import handler_class
 from handlers.options import OptionsError, parse_options
 from handlers.runtime import RuntimeOptions
 from scripts.build.heldout import HeldOut, held_out
-from scripts.config.model import ConfigError, ModelSpec, handler_class
+from scripts.config.model import ConfigError, ModelSpec
 from scripts.harness import LocalModel
 
 logger = logging.getLogger(__name__)

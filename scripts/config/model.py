@@ -35,17 +35,15 @@ Every problem raises `ConfigError` with the file, the key and the fix, in one li
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import yaml
 
-from handlers.base import ModelHandler
+from handlers.modules import handler_class
 from handlers.options import OptionsError, parse_options
 from scripts.config.files import ConfigError
 from scripts.operate.policy import RolloutPolicy, parse_policy
@@ -139,23 +137,6 @@ def gpu_profile(path: Path, model_config: Mapping[str, Any], overlay: Any) -> di
     if handler or "handler" in model_config:
         merged["handler"] = {**(model_config.get("handler") or {}), **handler}
     return merged
-
-
-def handler_class(handler: Path) -> type[ModelHandler]:
-    """The one ModelHandler subclass defined in `handlers/NAME.py`."""
-    return find_handler_class(importlib.import_module(".".join(handler.with_suffix("").parts)), handler)
-
-
-def find_handler_class(module: ModuleType, handler: Path) -> type[ModelHandler]:
-    """The one ModelHandler subclass `module` defines (TorchServe loads exactly that one)."""
-    found = [
-        value for value in vars(module).values()
-        if isinstance(value, type) and issubclass(value, ModelHandler)
-        and value.__module__ == module.__name__ and value is not ModelHandler
-    ]
-    if len(found) != 1:
-        raise ValueError(f"{handler} must define exactly one ModelHandler subclass, found {len(found)}")
-    return found[0]
 
 
 def _check_keys(path: Path, raw: dict[str, Any]) -> None:

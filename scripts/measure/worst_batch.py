@@ -39,11 +39,12 @@ from typing import Any
 import numpy as np
 import requests
 
+from handlers.modules import handler_class
 from handlers.options import parse_options
 from scripts.build import datasets
 from scripts.build.archive import build_archive
 from scripts.client.prometheus import Sample, scrape, total
-from scripts.config.model import CONFIG_DIR, ModelSpec, handler_class, load_spec
+from scripts.config.model import CONFIG_DIR, ModelSpec, load_spec
 from scripts.harness import LocalModel, RawRequest
 from scripts.measure.variants import save_results
 from scripts.serve.local import LocalServer

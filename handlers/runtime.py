@@ -1,7 +1,7 @@
 """The options every handler shares: the request limit and the speed switches.
 
 Every handler's `Options` subclasses `RuntimeOptions`, so these keys work in any
-model YAML (docs/PERFORMANCE.md measures each speed switch):
+model YAML (docs/performance.md measures each speed switch):
 
     max_instances: 64       # instances one request may carry (413 beyond); each model sets its own
 
@@ -46,7 +46,7 @@ class RuntimeOptions:
     backend: Literal["torch", "onnx", "auto"] = "torch"
     onnx_file: str = "model.onnx"  # written by the archive step when backend is onnx
     # ONNX Runtime's pool threads busy-wait after each run by default; on a small machine that takes CPU
-    # from TorchServe's frontend and other workers (docs/PERFORMANCE.md measures it), so it is off.
+    # from TorchServe's frontend and other workers (docs/performance.md measures it), so it is off.
     onnx_spinning: bool = False
     warmup: bool = True
     static_shapes: bool = False

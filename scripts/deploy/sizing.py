@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from scripts.deploy.facts import ModelFacts, total_workers
+from scripts.serve.startup import FRONTEND_START_S  # the frontend's share of a start, as make serve waits
 
 # Startup: the frontend (JVM) starts, then every model's workers load and warm up.
-FRONTEND_START_S = 60        # the JVM and the archives' extraction; measured ~5 s idle, 24 s for all READY
 PROBE_PERIOD_S = 10          # how often each probe runs (an exec probe starts a Python: keep it sparse)
 PROBE_TIMEOUT_S = 10         # one health command; it makes one or two loopback requests
 # Shutdown: endpoints stop sending, requests already admitted finish, then TorchServe stops.

@@ -39,10 +39,9 @@ from scripts.build.store import ArchiveError, check_startup, startup_archives
 from scripts.client.rest import KeyFile, TorchServeClient, TorchServeError, ready_workers
 from scripts.config.files import read_properties
 from scripts.config.model import CONFIG_DIR, ConfigError, Example, load_spec
-from scripts.deploy.sizing import FRONTEND_START_S
 from scripts.operate.drain import drain, draining_marker
 from scripts.serve import keeper
-from scripts.serve.startup import CannotLoad, LoadWatch, outer_timeout, startup_budgets
+from scripts.serve.startup import FRONTEND_START_S, CannotLoad, LoadWatch, outer_timeout, startup_budgets
 
 logger = logging.getLogger(__name__)
 LOG_DIR = Path("logs")

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from scripts.build.store import ArchiveInfo
-from scripts.deploy.sizing import FRONTEND_START_S
 
 LOG_LINES = 12
 ERROR_LINE = re.compile(r"^\s*[\w.]*(Error|Exception|Exit)\b.*")
@@ -45,6 +44,10 @@ WORKER_TAG = re.compile(r"\bW-(\d+)-(\S+)")  # TorchServe's logger per worker: W
 DEFAULT_STARTUP_TIMEOUT = 120.0  # TorchServe's own, for a model-config without startupTimeout
 SHOWN_CHARS = 120  # of the last log line in a progress line
 TRACEBACK_WAIT_S = 3.0  # after a worker's death line, for its traceback to reach the log
+# The JVM starting and the archives' extraction, before any worker loads: measured ~5 s idle and 24 s
+# until all three examples were READY. make serve and the pod's startup probe both wait this long on top
+# of the archives' startupTimeout.
+FRONTEND_START_S = 60
 
 
 class CannotLoad(RuntimeError):

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from scripts.build.store import read_archive
-from scripts.deploy.sizing import FRONTEND_START_S
 from scripts.serve.startup import (
+    FRONTEND_START_S,
     TRACEBACK_WAIT_S,
     CannotLoad,
     LoadWatch,

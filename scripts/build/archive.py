@@ -2,9 +2,10 @@
 
     python -m scripts.build.archive configs/models/*.yaml [--store model_store] [--force] [--device gpu]
 
-Every config is checked before anything is written; a bad one stops the run with
-one line naming the file, the key and the fix. Each archive is built in a private
-staging folder (its own TMPDIR, since torch-model-archiver stages in
+Every config is checked before anything is written (its text by scripts/config/model.py,
+what it needs of the built tree and the handler by scripts/build/checks.py); a bad one
+stops the run with one line naming the file, the key and the fix. Each archive is built
+in a private staging folder (its own TMPDIR, since torch-model-archiver stages in
 $TMPDIR/<model-name>) and moved into place in one rename, so model_store/ never
 holds half an archive. What torch-model-archiver wrote is checked before that
 rename (scripts/build/store.check_archive: a sound zip, its manifest, its handler
@@ -34,9 +35,10 @@ from pathlib import Path
 
 import yaml
 
+from scripts.build.checks import load_buildable
 from scripts.build.optimize import prepare
 from scripts.build.store import ArchiveError, check_archive, keep_version, version_archive
-from scripts.config.model import DEVICES, ConfigError, ModelSpec, load_spec
+from scripts.config.model import DEVICES, ConfigError, ModelSpec
 
 logger = logging.getLogger(__name__)
 HANDLERS_PACKAGE = Path("handlers")
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        specs = [load_spec(path, device=args.device) for path in args.configs]  # all checked before any write
+        specs = [load_buildable(path, device=args.device) for path in args.configs]  # all, before any write
     except ConfigError as error:
         logger.error("error: %s", error)
         return 2

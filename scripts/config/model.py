@@ -8,12 +8,12 @@
     example:                       # what `make serve` prints as a curl line
       content_type: application/json
       file: build/examples/tabular.json
-    rollout:                       # the gate `tsctl rollout` applies (scripts/operate/policy.py)
+    rollout:                       # the gate `tsctl rollout` applies (scripts/config/policies.py)
       golden: configs/golden/tabular.jsonl
       min_accuracy: 0.95
       p95_ms: 250
     recycle:                       # when `tsctl recycle --if-over` replaces the workers
-      max_rss_mb: 1500             # (scripts/operate/recycle.py); optional
+      max_rss_mb: 1500             # (scripts/config/policies.py); optional
     gpu:                           # the GPU profile: model_config keys laid over the ones below by
       batchSize: 64                # `make archive DEVICE=gpu` and the CUDA image (optional; the
       handler: {backend: torch}    # handler options merge key by key)
@@ -31,23 +31,26 @@
         class_names: [malignant, benign]
 
 Every problem raises `ConfigError` with the file, the key and the fix, in one line.
+`load_spec` is the one reader of these files, and it reads only their text: keys,
+types, names, the gpu: overlay, the queue rule, the example and the rollout/recycle
+policies. So tsctl and `make manifests` need neither torch nor built weights. What
+needs the built tree (the files exist, the handler module defines one ModelHandler
+whose options parse in both profiles) is checked by scripts/build/checks.py before an
+archive is built or a handler is loaded.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from handlers.modules import handler_class
-from handlers.options import OptionsError, parse_options
 from scripts.config.files import ConfigError
-from scripts.operate.policy import RolloutPolicy, parse_policy
-from scripts.operate.recycle import RecyclePolicy, parse_recycle
+from scripts.config.policies import RecyclePolicy, RolloutPolicy, parse_policy, parse_recycle
 
 CONFIG_DIR = Path("configs/models")  # one YAML per model, relative to the repository root
 METRICS_CONFIG = Path("configs/metrics.yaml")  # the metrics the servers export (metrics_config=)
@@ -57,6 +60,7 @@ VERSION_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
 TOP_LEVEL_KEYS = {"name", "version", "handler", "files", "example", "model_config", "rollout", "recycle",
                   "gpu"}
 DEVICES = ("cpu", "gpu")  # the profiles an archive is built for: `gpu` applies the YAML's gpu: overlay
+SECTIONS = {"cpu": "model_config", "gpu": "gpu"}  # where each profile's keys come from, for messages
 REQUIRED_KEYS = ("name", "version", "handler", "files", "model_config")
 # TorchServe model-config keys we check the type of (positive integers unless noted).
 COUNT_KEYS = {"batchSize": 1, "maxBatchDelay": 0, "minWorkers": 1, "maxWorkers": 1,
@@ -93,18 +97,23 @@ class ModelSpec:
     rollout: RolloutPolicy | None = None
     recycle: RecyclePolicy | None = None  # when tsctl replaces its workers
     device: str = "cpu"  # the profile model_config was built for ("gpu": the YAML's gpu: overlay applied)
+    # Every profile the YAML gives, by device: "cpu" always, "gpu" when it has a gpu: overlay.
+    profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 def load_spec(path: Path, root: Path = Path("."), device: str = "cpu") -> ModelSpec:
     """Read and check `path` for the `device` profile; raise ConfigError on the first problem.
 
     Both profiles are checked whichever is asked for, so a bad gpu: overlay fails on a CPU
-    machine too, before anyone ships it to a GPU.
+    machine too, before anyone ships it to a GPU. `root` is what the YAML's paths are relative to.
     """
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     try:
         raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(path, "-", f"cannot be read ({error})",
+                          "give the model's YAML, e.g. configs/models/tabular.yaml") from None
     except yaml.YAMLError as error:
         raise ConfigError(path, "-", f"not valid YAML ({error})", "fix the YAML syntax") from None
     if not isinstance(raw, dict):
@@ -112,16 +121,16 @@ def load_spec(path: Path, root: Path = Path("."), device: str = "cpu") -> ModelS
     _check_keys(path, raw)
     name = _pattern(path, raw, "name", NAME_PATTERN, "letters, digits, '_' or '-', e.g. name: tabular")
     version = _pattern(path, raw, "version", VERSION_PATTERN, 'a quoted string, e.g. version: "1.0"')
-    handler = _handler_path(path, raw, root)
-    files = _files(path, raw.get("files"), root, reserved={handler.name})
-    model_config = _model_config(path, raw["model_config"], handler, files)
-    gpu_config = model_config if raw.get("gpu") is None else _model_config(
-        path, gpu_profile(path, model_config, raw["gpu"]), handler, files, "gpu")
+    handler = _handler_path(path, raw)
+    files = _files(path, raw.get("files"), reserved={handler.name})
+    profiles = {"cpu": _model_config(path, raw["model_config"])}
+    if raw.get("gpu") is not None:
+        profiles["gpu"] = _model_config(path, gpu_profile(path, profiles["cpu"], raw["gpu"]), "gpu")
     example = _example(path, raw.get("example"))
     rollout = parse_policy(path, raw.get("rollout"), root)
     recycle = parse_recycle(path, raw.get("recycle"))
-    return ModelSpec(path, name, version, handler, files, gpu_config if device == "gpu" else model_config,
-                     example, rollout, recycle, device)
+    return ModelSpec(path, name, version, handler, files, profiles.get(device, profiles["cpu"]),
+                     example, rollout, recycle, device, profiles)
 
 
 def gpu_profile(path: Path, model_config: Mapping[str, Any], overlay: Any) -> dict[str, Any]:
@@ -156,27 +165,20 @@ def _pattern(path: Path, raw: dict[str, Any], key: str, pattern: re.Pattern[str]
     return value
 
 
-def _handler_path(path: Path, raw: dict[str, Any], root: Path) -> Path:
+def _handler_path(path: Path, raw: dict[str, Any]) -> Path:
     value = raw["handler"]
     handler = Path(str(value))
     if handler.parts[:1] != ("handlers",) or handler.suffix != ".py" or len(handler.parts) != 2:
         raise ConfigError(path, "handler", f"{value!r} is not a module of the handlers/ package",
                           "write e.g. handler: handlers/tabular.py")
-    if not (root / handler).is_file():
-        raise ConfigError(path, "handler", f"file {handler} does not exist",
-                          "point it at an existing handlers/*.py module")
     return handler
 
 
-def _files(path: Path, value: Any, root: Path, reserved: set[str]) -> tuple[Path, ...]:
+def _files(path: Path, value: Any, reserved: set[str]) -> tuple[Path, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ConfigError(path, "files", f"expected a list of paths, got {value!r}",
                           "write files: [build/weights/NAME/NAME.safetensors]")
     files = tuple(Path(item) for item in value)
-    for file in files:
-        if not (root / file).is_file():
-            raise ConfigError(path, "files", f"file {file} does not exist",
-                              "run `make models` to build it, or correct the path")
     names = [file.name for file in files]
     duplicate = next((name for name in names if names.count(name) > 1), None)
     if duplicate:
@@ -189,8 +191,7 @@ def _files(path: Path, value: Any, root: Path, reserved: set[str]) -> tuple[Path
     return files
 
 
-def _model_config(path: Path, value: Any, handler: Path, files: tuple[Path, ...],
-                  section: str = "model_config") -> dict[str, Any]:
+def _model_config(path: Path, value: Any, section: str = "model_config") -> dict[str, Any]:
     """Check a model-config (`section` names where its keys come from in messages: model_config or gpu)."""
     if not isinstance(value, dict):
         raise ConfigError(path, "model_config", "expected a mapping", "see configs/models/*.yaml")
@@ -213,7 +214,6 @@ def _model_config(path: Path, value: Any, handler: Path, files: tuple[Path, ...]
         raise ConfigError(path, f"{section}.minWorkers", "is greater than maxWorkers",
                           "make minWorkers <= maxWorkers")
     _check_queue(path, value, section)
-    _check_handler_options(path, handler, value.get("handler"), files, section)
     return value
 
 
@@ -224,25 +224,6 @@ def _check_queue(path: Path, value: dict[str, Any], section: str) -> None:
         raise ConfigError(path, f"{section}.jobQueueSize", f"{queue} is smaller than batchSize {batch}, "
                           "so a full batch can never wait in the queue",
                           f"make it >= {batch}: about latency budget (s) x measured requests/s")
-
-
-def _check_handler_options(path: Path, handler: Path, raw: Any, files: tuple[Path, ...],
-                           section: str) -> None:
-    """Parse the options as the worker will; a weights option must name one of `files`."""
-    try:
-        handler_type = handler_class(handler)
-    except Exception as error:  # noqa: BLE001 - an import or definition problem in the module
-        raise ConfigError(path, "handler", f"{handler} cannot be used as a handler ({error})",
-                          "point it at a module that defines one ModelHandler subclass") from None
-    try:
-        options = parse_options(handler_type.Options, raw)
-    except OptionsError as error:
-        raise ConfigError(path, f"{section}.handler.{error.key}", str(error),
-                          f"see {handler_type.__name__}.Options in {handler}") from None
-    weights = getattr(options, "weights", None)
-    if weights is not None and weights not in {file.name for file in files}:
-        raise ConfigError(path, f"{section}.handler.weights", f"{weights!r} is not among files:",
-                          "name one of the files listed under files: (by its file name)")
 
 
 def _example(path: Path, value: Any) -> Example | None:

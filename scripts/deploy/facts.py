@@ -1,23 +1,19 @@
 """What the cluster artifacts need from each model YAML: its name, version, workers and timeouts.
 
-Only these keys are read, so `make manifests` works before `make models` has built
-any weights (scripts/config/model.py checks a YAML in full when it is archived; a
-unit test checks both readers agree on the real configs).
+Taken from the spec scripts/config/model.py reads (its text only: `make manifests`
+works before `make models` has built any weights, and without torch), then checked
+for the numbers the artifacts derive something from, which the YAML may leave out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from scripts.config.files import ConfigError
-
-# configs/models/, as scripts.config.model.CONFIG_DIR (not imported: that imports torch)
-CONFIG_DIR = Path("configs/models")
+from scripts.config.model import CONFIG_DIR, ModelSpec, load_spec
 
 # model_config keys the cluster artifacts derive something from, with what each feeds.
 NUMBERS = {
@@ -51,26 +47,14 @@ class ModelFacts:
 
 def read_facts(path: Path) -> ModelFacts:
     """The deployment's view of one model YAML; ConfigError names the file, the key and the fix."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(path, "-", f"cannot read it ({error})", "fix the file or its YAML syntax") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(path, "-", "expected a mapping at the top", "see configs/models/*.yaml")
-    for key in ("name", "version"):
-        if not isinstance(raw.get(key), str):
-            raise ConfigError(path, key, f"expected a string, got {raw.get(key)!r}",
-                              f'write e.g. {key}: "1.0"' if key == "version" else f"write {key}: NAME")
-    config = raw.get("model_config")
-    if not isinstance(config, dict):
-        raise ConfigError(path, "model_config", "missing or not a mapping",
-                          "add model_config with " + ", ".join(NUMBERS))
-    numbers = {key: _positive(path, config, key) for key in NUMBERS}
-    if numbers["minWorkers"] > numbers["maxWorkers"]:
-        raise ConfigError(path, "model_config.minWorkers", "larger than maxWorkers",
-                          "make minWorkers <= maxWorkers")
+    return model_facts(load_spec(path))
+
+
+def model_facts(spec: ModelSpec) -> ModelFacts:
+    """The numbers the artifacts need, each present (the YAML may leave a TorchServe default)."""
+    numbers = {key: _positive(spec.source, spec.model_config, key) for key in NUMBERS}
     return ModelFacts(
-        source=path, name=raw["name"], version=raw["version"],
+        source=spec.source, name=spec.name, version=spec.version,
         min_workers=numbers["minWorkers"], max_workers=numbers["maxWorkers"],
         batch_size=numbers["batchSize"], max_batch_delay=numbers["maxBatchDelay"],
         response_timeout=numbers["responseTimeout"], startup_timeout=numbers["startupTimeout"],
@@ -95,7 +79,7 @@ def total_workers(models: Sequence[ModelFacts]) -> int:
     return sum(model.max_workers for model in models)
 
 
-def _positive(path: Path, config: dict[str, Any], key: str) -> int:
+def _positive(path: Path, config: Mapping[str, Any], key: str) -> int:
     value = config.get(key)
     low = 0 if key == "maxBatchDelay" else 1
     if isinstance(value, bool) or not isinstance(value, int) or value < low:

@@ -45,7 +45,8 @@ import requests
 import torch
 
 from scripts.build.archive import build_archive
-from scripts.config.model import CONFIG_DIR, ModelSpec, load_spec
+from scripts.build.checks import load_buildable
+from scripts.config.model import CONFIG_DIR, ModelSpec
 from scripts.harness import LocalModel
 from scripts.measure.loadgen import LoadResult, Workload, run_load, workload
 from scripts.measure.variants import option_overrides, option_specs
@@ -243,7 +244,7 @@ def median_result(results: list[LoadResult]) -> dict[str, Any]:
 
 
 def run(settings: Settings) -> dict[str, Any]:
-    spec = load_spec(CONFIG_DIR / f"{settings.model}.yaml")
+    spec = load_buildable(CONFIG_DIR / f"{settings.model}.yaml")
     load = workload(settings.model)
     limit = None
     with tempfile.TemporaryDirectory(prefix=f"bench-{settings.model}-") as tmp, ExitStack() as stack:

@@ -37,8 +37,9 @@ from typing import Any
 import psutil
 
 from scripts.build.archive import build_archive
+from scripts.build.checks import load_buildable
 from scripts.client.prometheus import Sample, scrape, total
-from scripts.config.model import CONFIG_DIR, load_spec
+from scripts.config.model import CONFIG_DIR
 from scripts.measure.loadgen import LoadResult, run_load, workload
 from scripts.measure.variants import option_overrides, option_specs, save_results
 from scripts.serve.local import LocalServer
@@ -146,7 +147,7 @@ def server_processes(server: LocalServer, worker_pid: int) -> dict[str, psutil.P
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    spec = load_spec(CONFIG_DIR / f"{args.model}.yaml")
+    spec = load_buildable(CONFIG_DIR / f"{args.model}.yaml")
     if args.options:
         (spec,) = option_specs(spec, (args.options,)).values()
     if args.model_config:  # e.g. the batching of an earlier release, for a before/after

@@ -22,8 +22,9 @@ from typing import Any
 import requests
 
 from scripts.build.archive import build_archive
+from scripts.build.checks import load_buildable
 from scripts.build.heldout import held_out
-from scripts.config.model import CONFIG_DIR, load_spec
+from scripts.config.model import CONFIG_DIR
 from scripts.measure.variants import option_specs, save_results
 from scripts.serve.local import LocalServer
 
@@ -59,7 +60,7 @@ def run(models: list[str], repeats: int, requests_after: int) -> list[dict[str, 
         workdir, store = Path(tmp), Path(tmp) / "store"
         archives: list[tuple[str, str, str, bool, int, int]] = []
         for model in models:
-            spec = load_spec(CONFIG_DIR / f"{model}.yaml")
+            spec = load_buildable(CONFIG_DIR / f"{model}.yaml")
             cold = option_specs(spec, ("warmup=false",))["ours+warmup=false"]
             config = spec.model_config
             batch = (int(config.get("batchSize", 1)), int(config.get("maxBatchDelay", 100)))

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from scripts.build.archive import build_archive
-from scripts.config.model import CONFIG_DIR, load_spec
+from scripts.build.checks import load_buildable
+from scripts.config.model import CONFIG_DIR
 from scripts.measure.breakdown import CpuMeter, frontend_process
 from scripts.measure.loadgen import run_load, workload
 from scripts.serve.local import LocalServer, project_frontend
@@ -49,7 +50,7 @@ def log_lines(log_dir: Path) -> int:
 
 
 def measure(model: str, concurrency: list[int], rounds: int, duration: float) -> dict[str, Any]:
-    spec = load_spec(CONFIG_DIR / f"{model}.yaml")
+    spec = load_buildable(CONFIG_DIR / f"{model}.yaml")
     samples: dict[tuple[str, int], list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix=f"frontend-{model}-") as tmp, ExitStack() as servers:
         workdir = Path(tmp)

@@ -27,8 +27,9 @@ import psutil
 import requests
 
 from scripts.build.archive import build_archive
+from scripts.build.checks import load_buildable
 from scripts.build.heldout import held_out
-from scripts.config.model import CONFIG_DIR, load_spec
+from scripts.config.model import CONFIG_DIR
 from scripts.measure.variants import option_specs, save_results
 from scripts.serve.local import LocalServer
 
@@ -58,7 +59,7 @@ VARIANTS = ("backend=torch,mmap_weights=true", "backend=torch,mmap_weights=false
 
 
 def run(model: str, worker_counts: list[int], options: tuple[str, ...] = VARIANTS) -> dict[str, Any]:
-    spec = load_spec(CONFIG_DIR / f"{model}.yaml")
+    spec = load_buildable(CONFIG_DIR / f"{model}.yaml")
     weights = next(file for file in spec.files if file.suffix == ".safetensors")
     rows = []
     with tempfile.TemporaryDirectory(prefix="memory-") as tmp:

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from scripts.build.archive import build_archive
-from scripts.config.model import CONFIG_DIR, ModelSpec, load_spec
+from scripts.build.checks import load_buildable
+from scripts.config.model import CONFIG_DIR, ModelSpec
 from scripts.measure.loadgen import run_load, workload
 from scripts.serve.local import LocalServer
 
@@ -220,7 +221,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    spec = load_spec(CONFIG_DIR / f"{args.model}.yaml")
+    spec = load_buildable(CONFIG_DIR / f"{args.model}.yaml")
     load = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
     result = {"command": " ".join(["python -m scripts.measure.overload", *(argv or sys.argv[1:])]),
               "uptime_before": load, "cpus": os.cpu_count(), **measure(spec, args)}

@@ -36,7 +36,8 @@ import torch
 import yaml
 
 from scripts.build.archive import build_archive
-from scripts.config.model import CONFIG_DIR, load_spec
+from scripts.build.checks import load_buildable
+from scripts.config.model import CONFIG_DIR
 from scripts.measure.bench import median_result
 from scripts.measure.loadgen import LoadResult, run_load, workload
 from scripts.serve.local import LocalServer
@@ -86,7 +87,7 @@ def recommendation_yaml(model: str, row: dict[str, Any], budget_ms: float | None
 
 
 def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
-    spec = load_spec(CONFIG_DIR / f"{args.model}.yaml", device=args.device)
+    spec = load_buildable(CONFIG_DIR / f"{args.model}.yaml", device=args.device)
     gpus = torch.cuda.device_count() if args.device == "gpu" else 0
     grid = itertools.product(args.batch_sizes, args.delays, args.workers)
     # batchSize 1 never waits, whatever the delay: one setting, not one per delay

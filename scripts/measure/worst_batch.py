@@ -43,8 +43,9 @@ from handlers.modules import handler_class
 from handlers.options import parse_options
 from scripts.build import datasets
 from scripts.build.archive import build_archive
+from scripts.build.checks import load_buildable
 from scripts.client.prometheus import Sample, scrape, total
-from scripts.config.model import CONFIG_DIR, ModelSpec, load_spec
+from scripts.config.model import CONFIG_DIR, ModelSpec
 from scripts.harness import LocalModel, RawRequest
 from scripts.measure.variants import save_results
 from scripts.serve.local import LocalServer
@@ -202,7 +203,7 @@ def _check_ok(statuses: list[int], model: str) -> None:
 
 
 def measure(model: str, repeats: int, serve: bool, workdir: Path) -> dict[str, Any]:
-    spec = load_spec(CONFIG_DIR / f"{model}.yaml")
+    spec = load_buildable(CONFIG_DIR / f"{model}.yaml")
     batch_size = int(spec.model_config.get("batchSize", 1))
     timeout_s = int(spec.model_config.get("responseTimeout", 120))
     worst = worst_request(spec)

@@ -4,21 +4,23 @@ The golden requests go one at a time to /predictions/NAME/VERSION (and, when the
 policy compares with the current default, to the default too). The candidate
 passes when every request answered 2xx, the scores reach the policy's minimums
 and the 95th-percentile latency is within budget. `judge` is pure, so the rules
-are unit-tested without a server.
+are unit-tested without a server. `tsctl rollout` gates through its own server
+(rollout.py); `gate_at` gates at any inference URL, for `tsctl gate` (canary.py).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import requests
 
-from scripts.client.rest import TorchServeClient
-from scripts.operate.golden import GoldenRequest
-from scripts.operate.policy import RolloutPolicy
+from scripts.client.rest import NotFound, TorchServeClient
+from scripts.config.policies import RolloutPolicy
+from scripts.operate.golden import GoldenRequest, read_golden
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,33 @@ def judge(policy: RolloutPolicy, golden: list[GoldenRequest], candidate: list[An
     return Verdict(not reasons, figures, reasons)
 
 
+def gate_at(model: str, version: str | None, client: TorchServeClient, policy: RolloutPolicy,
+            baseline: TorchServeClient | None = None) -> dict[str, Any]:
+    """Send the golden set to the candidate (and the baseline, if the policy compares); the verdict.
+
+    Raises Unauthorized or a connection error before any golden request when the
+    server refuses the token or cannot be reached, and NotFound when it does not
+    serve the model or version, so that those never read as a refused candidate.
+    """
+    golden = read_golden(policy.golden)
+    client.ping()
+    compared = None
+    if policy.compare:
+        other = baseline or client
+        if other.inference_url == client.inference_url and version is None:
+            raise ValueError(f"the policy compares {policy.compare!r} with the current version, but the "
+                             "candidate is the default version at --url, so it would be compared with "
+                             "itself: pass --baseline-url (the stable Service) or --version")
+        compared = _served(ask(other, model, None, golden), model, None, other.inference_url)
+    answers = _served(ask(client, model, version, golden), model, version, client.inference_url)
+    verdict = judge(policy, golden, answers, compared)
+    return verdict_document(model, version, client.inference_url, verdict)
+
+
+def verdict_document(model: str, version: str | None, url: str, verdict: Verdict) -> dict[str, Any]:
+    return {"model": model, "version": version, "url": url, **asdict(verdict)}
+
+
 def accuracy(golden: list[GoldenRequest], answers: list[Answer]) -> float | None:
     """Share of golden requests with an `expect` whose answer matches every expected field."""
     scored = [(request, answer) for request, answer in zip(golden, answers, strict=True) if request.expect]
@@ -100,6 +129,15 @@ def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (no interpolation: the value some request actually saw)."""
     ordered = sorted(values)
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)] if ordered else 0.0
+
+
+def _served(answers: list[Answer], model: str, version: str | None, url: str) -> list[Answer]:
+    """The answers, unless every one was 404: then the model is not served there at all."""
+    if answers and all(answer.status == 404 for answer in answers):
+        message = json.dumps(answers[0].body) if answers[0].body is not None else "no body"
+        raise NotFound(404, "Not Found", f"{url}/predictions/{model}" + (f"/{version}" if version else ""),
+                       f"{model} {version or '(default)'} is not served there ({message})")
+    return answers
 
 
 def _agree(ours: Any, theirs: Any) -> float:

@@ -36,12 +36,12 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from scripts.build.store import version_archive
-from scripts.client.rest import TorchServeClient, TorchServeError
+from scripts.client.rest import TorchServeClient
 from scripts.operate.drain import IN_FLIGHT, Load, in_worker_requests, wait_idle
-from scripts.operate.rollout import Exit, RolloutFailed, RolloutLog, archive_of, registered, wait_ready
+from scripts.operate.exits import Exit, RolloutFailed
+from scripts.operate.registry import archive_of, registered, wait_ready, withdraw
+from scripts.operate.rollout_log import RolloutLog
 
 STAND_IN = "-recycle"  # suffix of the stand-in version; its archive is hidden (load_models skips it)
 ANSWERED = "HandlerResponses_total"  # our handlers' counter of answered requests
@@ -98,8 +98,8 @@ def stand_in_archive(store: Path, model: str, version: str, model_url: str) -> P
     return target
 
 
-def recycle(client: TorchServeClient, store: Path, model: str, log: RolloutLog,
-            timeout: float = 300.0) -> dict[str, Any]:
+def replace_workers(client: TorchServeClient, store: Path, model: str, log: RolloutLog,
+                    timeout: float = 300.0) -> dict[str, Any]:
     """Replace the default version's workers by fresh processes (steps 1-4 above)."""
     started = time.monotonic()
     now = registered(client, model)
@@ -148,21 +148,10 @@ def _start_stand_in(client: TorchServeClient, store: Path, model: str, version: 
         wait_ready(client, model, stand_in, workers, timeout)
         log.step("recycle", version=stand_in, phase="default", message=client.set_default(model, stand_in))
     except BaseException:
-        _withdraw(client, model, stand_in, log)
+        withdraw(client, model, stand_in, log, "recycle", phase="withdraw")  # it served no request
         archive.unlink(missing_ok=True)
         raise
     return archive
-
-
-def _withdraw(client: TorchServeClient, model: str, stand_in: str, log: RolloutLog) -> None:
-    """Unregister a stand-in that never became the default (it served no request)."""
-    try:
-        now = registered(client, model)
-        if stand_in in now.versions and now.default != stand_in:
-            log.step("recycle", version=stand_in, phase="withdraw",
-                     message=client.unregister(model, stand_in))
-    except (TorchServeError, requests.RequestException) as error:
-        log.step("recycle", version=stand_in, phase="withdraw", warning=f"could not unregister it: {error}")
 
 
 def _pids(entry: dict[str, Any]) -> list[int]:

@@ -4,9 +4,10 @@
       max_rss_mb: 1500        # a worker's resident memory, its child processes included (MiB)
       max_age_minutes: 1440   # a worker process older than this
 
-Either key or both. `tsctl recycle MODEL --if-over` measures every worker of the
-default version and, when one is over a limit, replaces them all without failing a
-request (scripts/operate/handoff.py); `tsctl recycle MODEL` replaces them at once;
+Either key or both; the YAML reader parses it (scripts/config/policies.py).
+`tsctl recycle MODEL --if-over` measures every worker of the default version and,
+when one is over a limit, replaces them all without failing a request
+(scripts/operate/handoff.py); `tsctl recycle MODEL` replaces them at once;
 `tsctl watch` checks every model with a policy every --interval seconds.
 
 The check runs outside the server because a worker cannot replace itself without
@@ -28,24 +29,19 @@ from pathlib import Path
 from typing import Any
 
 import requests
-import yaml
 
 from scripts.client.rest import TorchServeClient, TorchServeError
 from scripts.config.files import ConfigError
-from scripts.operate.handoff import recycle
-from scripts.operate.rollout import RolloutFailed, RolloutLog
+from scripts.config.model import load_spec
+from scripts.config.policies import RecyclePolicy
+from scripts.operate.exits import RolloutFailed
+from scripts.operate.handoff import replace_workers
+from scripts.operate.rollout_log import RolloutLog
 
 logger = logging.getLogger(__name__)
-RECYCLE_KEYS = ("max_rss_mb", "max_age_minutes")
 COMMANDS = ("recycle", "watch")  # the tsctl subcommands this module runs
 WORKER_COMMAND = "model_service_worker"  # in a TorchServe worker's command line
 MIB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class RecyclePolicy:
-    max_rss_mb: float | None = None
-    max_age_minutes: float | None = None
 
 
 @dataclass(frozen=True)
@@ -56,34 +52,6 @@ class WorkerSample:
     pid: int
     rss_mb: float | None
     age_minutes: float | None
-
-
-def parse_recycle(path: Path, value: Any) -> RecyclePolicy | None:
-    """Check the section; ConfigError names the file, the key and the fix."""
-    if value is None:
-        return None
-    if not isinstance(value, dict) or not value:
-        raise ConfigError(path, "recycle", f"expected a mapping with {' and/or '.join(RECYCLE_KEYS)}, "
-                          f"got {value!r}", "write e.g. recycle: {max_rss_mb: 1500}")
-    unknown = sorted(set(value) - set(RECYCLE_KEYS))
-    if unknown:
-        raise ConfigError(path, f"recycle.{unknown[0]}", "unknown key",
-                          f"remove it or use one of {list(RECYCLE_KEYS)}")
-    for key, item in value.items():
-        if isinstance(item, bool) or not isinstance(item, int | float) or item <= 0:
-            raise ConfigError(path, f"recycle.{key}", f"expected a number > 0, got {item!r}",
-                              f"write e.g. {key}: {1500 if key == 'max_rss_mb' else 1440}")
-    return RecyclePolicy(**{key: float(item) for key, item in value.items()})
-
-
-def read_recycle_policy(path: Path) -> RecyclePolicy | None:
-    """The recycle section of one model YAML, without loading the rest (tsctl stays light)."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(path, "-", f"cannot be read ({error})",
-                          "give the model's YAML, e.g. configs/models/tabular.yaml") from None
-    return parse_recycle(path, raw.get("recycle") if isinstance(raw, dict) else None)
 
 
 def over_limits(policy: RecyclePolicy, workers: list[WorkerSample]) -> list[str]:
@@ -159,7 +127,8 @@ def check_and_recycle(client: TorchServeClient, store: Path, model: str, policy:
                       log: RolloutLog, timeout: float) -> dict[str, Any]:
     """`tsctl recycle`: with a policy, replace the workers only when one is over a limit."""
     if policy is None:
-        return {**recycle(client, store, model, log, timeout), "recycled": True, "reasons": ["asked to"]}
+        return {**replace_workers(client, store, model, log, timeout), "recycled": True,
+                "reasons": ["asked to"]}
     checked = check(client, model, policy)
     if checked["unmeasured"]:
         logger.warning("%s: could not measure %s", model, ", ".join(checked["unmeasured"]))
@@ -169,7 +138,7 @@ def check_and_recycle(client: TorchServeClient, store: Path, model: str, policy:
         return {**checked, "recycled": False,
                 "message": f"{model} {checked['version']}: every worker within {policy} ({sizes})"}
     logger.info("%s: %s", model, "; ".join(checked["reasons"]))
-    done = recycle(client, store, model, log, timeout)
+    done = replace_workers(client, store, model, log, timeout)
     return {**checked, **done, "recycled": True,
             "message": "; ".join(checked["reasons"]) + f"\n{done['message']}"}
 
@@ -180,11 +149,11 @@ def watch(client: TorchServeClient, store: Path, models: list[str], config_dir: 
     # Named models must have a YAML; of the served ones, those without a YAML are skipped.
     names = models or [entry["modelName"] for entry in client.list_models()
                        if (config_dir / f"{entry['modelName']}.yaml").is_file()]
-    policies = {name: read_recycle_policy(config_dir / f"{name}.yaml") for name in names}
+    policies = {name: load_spec(config_dir / f"{name}.yaml").recycle for name in names}
     watched = {name: policy for name, policy in policies.items() if policy is not None}
     if not watched:
         raise ConfigError(config_dir, "recycle", f"none of {names} has a recycle: section",
-                          "add recycle: {max_rss_mb: ...} to the model's YAML (scripts/operate/recycle.py)")
+                          "add recycle: {max_rss_mb: ...} to the model's YAML (scripts/config/policies.py)")
     logger.info("watching %s every %.0f s", ", ".join(f"{n} {p}" for n, p in watched.items()), interval)
     rounds = 0
     try:
@@ -208,10 +177,10 @@ def run(client: TorchServeClient, store: Path, args: argparse.Namespace) -> dict
     policy = None
     if args.if_over:
         path = args.config or Path(f"configs/models/{args.model}.yaml")
-        policy = read_recycle_policy(path)
+        policy = load_spec(path).recycle
         if policy is None:
             raise ConfigError(path, "recycle", "missing: --if-over needs limits", "add recycle: "
-                              "{max_rss_mb: ...} (scripts/operate/recycle.py), or drop --if-over")
+                              "{max_rss_mb: ...} (scripts/config/policies.py), or drop --if-over")
     return check_and_recycle(client, store, args.model, policy, RolloutLog(args.log, args.model),
                              args.timeout_s)
 

@@ -13,7 +13,7 @@
     tsctl drain [--announce S] [--drain-timeout S] [--undo]   readiness false, wait until idle
 
 `gate` needs only an inference API (a canary Service, another machine): it exits 0
-when the version passes, 1 when the gate refuses it (operate/canary.py).
+when the version passes, 1 when the gate refuses it (operate/gate.py, operate/canary.py).
 
 Addresses and the model store come from the TorchServe properties file (--ts-config,
 default ./config.properties). TorchServe resolves a relative model_store against, and
@@ -39,21 +39,17 @@ import requests
 
 from scripts.client.rest import KeyFile, ModelApiDisabled, TorchServeClient, TorchServeError, Unauthorized
 from scripts.config.files import ConfigError, read_properties
+from scripts.config.model import load_spec
+from scripts.config.policies import RolloutPolicy
 from scripts.operate import recycle
-from scripts.operate.canary import TOKEN_FIX, describe, gate_at, inference_keys
+from scripts.operate.canary import TOKEN_FIX, describe, inference_keys
 from scripts.operate.drain import draining_marker, hold
 from scripts.operate.engine_status import engines_by_worker, with_engines
-from scripts.operate.policy import read_policy
-from scripts.operate.rollout import (
-    Exit,
-    RolloutFailed,
-    RolloutLog,
-    register_archive,
-    registered,
-    rollback,
-    rollback_target,
-    rollout,
-)
+from scripts.operate.exits import Exit, RolloutFailed
+from scripts.operate.gate import gate_at
+from scripts.operate.registry import register_archive, registered
+from scripts.operate.rollout import rollback, rollback_target, rollout
+from scripts.operate.rollout_log import RolloutLog
 from scripts.operate.views import show_status, show_versions
 
 logger = logging.getLogger(__name__)
@@ -105,11 +101,20 @@ def gate_url(args: argparse.Namespace) -> str:
     return read_properties(args.ts_config).get("inference_address", "http://127.0.0.1:8080")
 
 
+def rollout_policy(path: Path) -> RolloutPolicy:
+    """The rollout: section of a model's YAML, which `rollout` and `gate` cannot do without."""
+    policy = load_spec(path).rollout
+    if policy is None:
+        raise ConfigError(path, "rollout", "missing: a rollout needs a golden set and thresholds",
+                          "add a rollout: section (see scripts/config/policies.py)")
+    return policy
+
+
 def run_gate(args: argparse.Namespace) -> dict[str, Any]:
     """The golden set against --url; needs no management API and no model store."""
     local_keys = None if args.url else args.key_file or args.server_dir / "key_file.json"
     keys = inference_keys(args.token_file, local_keys)
-    policy = read_policy(args.policy or Path(f"configs/models/{args.model}.yaml"))
+    policy = rollout_policy(args.policy or Path(f"configs/models/{args.model}.yaml"))
     with ExitStack() as stack:
         client = stack.enter_context(TorchServeClient(gate_url(args), keys=keys, timeout=args.timeout))
         baseline = stack.enter_context(TorchServeClient(args.baseline_url, keys=keys, timeout=args.timeout)
@@ -152,7 +157,7 @@ def run(args: argparse.Namespace) -> Any:
                     "waited_s": round(report.waited_s, 1), "marker": str(draining_marker(args.server_dir))}
         if args.command == "rollback":
             return rollback(client, store, args.model, log, to=args.to)
-        policy = read_policy(args.config or Path(f"configs/models/{args.model}.yaml"))
+        policy = rollout_policy(args.config or Path(f"configs/models/{args.model}.yaml"))
         return rollout(client, store, args.model, args.version, policy, log)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from scripts.operate.rollout import version_key
+from scripts.operate.registry import version_key
 
 
 def version_rows(model: str, default: str | None, versions: dict[str, dict[str, Any]]) -> list[list[str]]:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from scripts.build import archive
 from scripts.build.store import read_archive
@@ -90,9 +91,11 @@ def test_a_good_version_passes_and_a_label_swapped_one_is_refused(server: LocalS
 
 
 def test_a_policy_that_compares_asks_the_default_as_baseline(server: LocalServer, tmp_path: Path) -> None:
+    config = yaml.safe_load(TABULAR_YAML.read_text())  # the model's YAML, its gate comparing labels
+    config["rollout"] = {"golden": "configs/golden/tabular.jsonl", "compare": "label", "min_agreement": 0.9,
+                         "p95_ms": 1000}
     policy = tmp_path / "tabular.yaml"
-    policy.write_text("rollout:\n  golden: configs/golden/tabular.jsonl\n  compare: label\n"
-                      "  min_agreement: 0.9\n  p95_ms: 1000\n")
+    policy.write_text(yaml.safe_dump(config))
     token = inference_key(server)
     swapped = gate("--json", "gate", "tabular", "--version", "2.0", "--url", server.inference_url,
                    "--policy", str(policy), token=token)

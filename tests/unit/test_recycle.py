@@ -1,4 +1,5 @@
-"""Worker recycling: the YAML policy, the decision, the stand-in archive and the idle test.
+"""Worker recycling: the decision, the stand-in archive and the idle test (the YAML's recycle:
+section is parsed with the rest of the YAML: tests/unit/test_policies.py).
 
 The replacement itself (register a stand-in, switch, replace, switch back) runs
 against a real TorchServe under load in tests/e2e/test_worker_faults.py.
@@ -21,11 +22,11 @@ import yaml
 
 from scripts.build.store import read_archive
 from scripts.client.prometheus import Sample
-from scripts.config.files import ConfigError
-from scripts.config.model import load_spec
+from scripts.config.policies import RecyclePolicy
 from scripts.operate import handoff, recycle
-from scripts.operate.recycle import RecyclePolicy, WorkerSample, over_limits, parse_recycle
-from scripts.operate.rollout import Exit, RolloutFailed, RolloutLog
+from scripts.operate.exits import Exit, RolloutFailed
+from scripts.operate.recycle import WorkerSample, over_limits
+from scripts.operate.rollout_log import RolloutLog
 from scripts.operate.tsctl import main as tsctl
 
 TABULAR = Path("configs/models/tabular.yaml")
@@ -37,36 +38,6 @@ def with_section(tmp_path: Path, section: object) -> Path:
     path = tmp_path / "tabular.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def test_the_model_yaml_carries_a_recycle_policy(tmp_path: Path) -> None:
-    spec = load_spec(with_section(tmp_path, {"max_rss_mb": 900, "max_age_minutes": 720}))
-    assert spec.recycle == RecyclePolicy(max_rss_mb=900.0, max_age_minutes=720.0)
-    assert load_spec(TABULAR).recycle == recycle.read_recycle_policy(TABULAR)
-
-
-@pytest.mark.parametrize(
-    ("section", "key", "fix"),
-    [
-        ({"max_rss": 900}, "recycle.max_rss", "max_rss_mb"),
-        ({"max_rss_mb": 0}, "recycle.max_rss_mb", "max_rss_mb: 1500"),
-        ({"max_rss_mb": "1 GB"}, "recycle.max_rss_mb", "max_rss_mb: 1500"),
-        ({"max_age_minutes": True}, "recycle.max_age_minutes", "max_age_minutes: 1440"),
-        ({}, "recycle", "recycle: {max_rss_mb: 1500}"),
-        ([900], "recycle", "recycle: {max_rss_mb: 1500}"),
-    ],
-)
-def test_a_bad_recycle_section_names_file_key_and_fix(tmp_path: Path, section: object, key: str,
-                                                      fix: str) -> None:
-    path = with_section(tmp_path, section)
-    with pytest.raises(ConfigError) as caught:
-        load_spec(path)
-    assert caught.value.key == key
-    assert str(path) in str(caught.value) and fix in str(caught.value)
-
-
-def test_no_section_means_no_policy(tmp_path: Path) -> None:
-    assert parse_recycle(tmp_path / "m.yaml", None) is None
 
 
 def worker(rss: float | None, age: float | None = 5.0) -> WorkerSample:
@@ -133,7 +104,7 @@ def test_recycle_if_over_replaces_only_when_a_worker_is_over(
         calls.append(model)
         return {"message": "replaced"}
 
-    monkeypatch.setattr(recycle, "recycle", replaced)
+    monkeypatch.setattr(recycle, "replace_workers", replaced)
     log = RolloutLog(tmp_path / "log.jsonl", "tabular")
     result = recycle.check_and_recycle(Described(rss_mb), tmp_path, "tabular",  # type: ignore[arg-type]
                                        RecyclePolicy(max_rss_mb=1000), log, 1)

@@ -1,5 +1,6 @@
-"""The rollout's pure parts: the gate's rules, version order, the policy and golden checks, the client's
-error types and retry policy. The protocol itself runs against a real server in tests/e2e/test_rollout.py."""
+"""The rollout's pure parts: the gate's rules, version order, the golden sets, the client's error
+types and retry policy (the YAML's rollout: section: tests/unit/test_policies.py). The protocol
+itself runs against a real server in tests/e2e/test_rollout.py."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from scripts.build.golden import golden_line
 from scripts.client.rest import (
     SAFE_RETRIES,
     Conflict,
@@ -20,10 +22,12 @@ from scripts.client.rest import (
     Unauthorized,
 )
 from scripts.config.files import ConfigError
+from scripts.config.policies import RolloutPolicy
 from scripts.operate.gate import Answer, judge, percentile
 from scripts.operate.golden import GoldenRequest, read_golden
-from scripts.operate.policy import RolloutPolicy, parse_policy
-from scripts.operate.rollout import Registered, RolloutLog, rollback_target, version_key
+from scripts.operate.registry import Registered, version_key
+from scripts.operate.rollout import rollback_target
+from scripts.operate.rollout_log import RolloutLog
 
 GOLDEN = [GoldenRequest("application/json", b"{}", {"label": "a"}),
           GoldenRequest("application/json", b"{}", {"label": "b"})]
@@ -68,26 +72,20 @@ def test_versions_order_as_numbers_not_text() -> None:
         "1.0", "1.9", "1.10", "2.0", "nightly"]
 
 
-@pytest.mark.parametrize(("section", "key"), [
-    ({"golden": "missing.jsonl", "p95_ms": 100, "min_accuracy": 0.9}, "rollout.golden"),
-    ({"golden": "g.jsonl", "p95_ms": 100}, "rollout"),
-    ({"golden": "g.jsonl", "p95_ms": 100, "min_agreement": 0.9}, "rollout.compare"),
-    ({"golden": "g.jsonl", "p95_ms": 100, "min_accuracy": 1.5}, "rollout.min_accuracy"),
-    ({"golden": "g.jsonl", "p95_ms": 100, "min_accuracy": 0.9, "keep": 1}, "rollout.keep"),
-    ({"golden": "g.jsonl", "p95_ms": 100, "min_accuracy": 0.9, "canary": 5}, "rollout.canary"),
-])
-def test_a_bad_rollout_section_names_its_key(tmp_path: Path, section: dict[str, object], key: str) -> None:
-    (tmp_path / "g.jsonl").write_text('{"content_type": "text/plain", "body": "x"}\n')
-    with pytest.raises(ConfigError) as error:
-        parse_policy(Path("m.yaml"), section, tmp_path)
-    assert error.value.key == key and "fix:" in str(error.value)
-
-
 def test_a_broken_golden_line_is_named(tmp_path: Path) -> None:
     path = tmp_path / "g.jsonl"
     path.write_text('{"content_type": "text/plain", "body": "x"}\n{"body": "no type"}\n')
     with pytest.raises(ConfigError, match="line 2"):
         read_golden(path)
+
+
+def test_the_gate_reads_what_the_golden_writer_writes(tmp_path: Path) -> None:
+    written = [GoldenRequest("application/json", b'{"features": [1.5]}', {"label": "benign"}),
+               GoldenRequest("image/png", bytes(range(256)), {"digit": 3}),
+               GoldenRequest("text/plain", "naïve".encode())]
+    path = tmp_path / "g.jsonl"
+    path.write_text("".join(golden_line(r.content_type, r.body, r.expect) + "\n" for r in written))
+    assert read_golden(path) == written
 
 
 def test_the_committed_golden_sets_carry_their_expected_answers() -> None:

@@ -28,7 +28,8 @@ from scripts.build.store import (
 )
 from scripts.config.model import load_spec
 from scripts.operate import tsctl
-from scripts.operate.rollout import Exit, RolloutFailed, place_archive
+from scripts.operate.exits import Exit, RolloutFailed
+from scripts.operate.registry import place_archive
 
 GOOD = Path("model_store/tabular.mar")
 REBUILD = "fix: rebuild it with `make archive`"

@@ -1,15 +1,21 @@
-"""The `rollout:` section of a model's YAML: what a new version must show before it serves.
+"""The two operating sections of a model's YAML: the rollout gate and the recycle limits.
 
-    rollout:
-      golden: configs/golden/tabular.jsonl   # inputs with expected answers (scripts/operate/golden.py)
+    rollout:                  # what a new version must show before it serves (tsctl rollout, tsctl gate)
+      golden: configs/golden/tabular.jsonl   # inputs with expected answers (scripts/build/golden.py)
       min_accuracy: 0.95      # share of golden inputs answered as expected
       compare: label          # a response field compared with the current default's ...
       min_agreement: 0.98     # ... mean agreement: cosine for number lists, equality otherwise
       p95_ms: 250             # 95th-percentile latency of the golden requests, one at a time
       keep: 3                 # registered versions kept after a rollout (the default always)
+    recycle:                  # when tsctl replaces a model's workers (scripts/operate/recycle.py)
+      max_rss_mb: 1500        # a worker's resident memory, its child processes included (MiB)
+      max_age_minutes: 1440   # a worker process older than this
 
-At least one of min_accuracy and min_agreement; every golden request must answer
-2xx (a 5xx or 4xx fails the gate whatever the scores).
+rollout: needs at least one of min_accuracy and min_agreement; every golden request
+must answer 2xx (a 5xx or 4xx fails the gate whatever the scores). recycle: takes
+either key or both. Both sections are optional in the YAML; the tsctl commands that
+need one say so. They are parsed here, beside the rest of the YAML, so that one
+reader (scripts/config/model.py) checks the whole file and tsctl imports no torch.
 """
 
 from __future__ import annotations
@@ -18,11 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from scripts.config.files import ConfigError
 
 POLICY_KEYS = {"golden", "min_accuracy", "compare", "min_agreement", "p95_ms", "keep"}
+RECYCLE_KEYS = ("max_rss_mb", "max_age_minutes")
 
 
 @dataclass(frozen=True)
@@ -35,27 +40,19 @@ class RolloutPolicy:
     keep: int = 3
 
 
-def read_policy(path: Path, root: Path = Path(".")) -> RolloutPolicy:
-    """The rollout section of one model YAML, without loading anything else of it (tsctl stays light)."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(path, "-", f"cannot be read ({error})", "give the model's YAML, e.g. "
-                          "configs/models/tabular.yaml") from None
-    policy = parse_policy(path, raw.get("rollout") if isinstance(raw, dict) else None, root)
-    if policy is None:
-        raise ConfigError(path, "rollout", "missing: a rollout needs a golden set and thresholds",
-                          "add a rollout: section (see scripts/operate/policy.py)")
-    return policy
+@dataclass(frozen=True)
+class RecyclePolicy:
+    max_rss_mb: float | None = None
+    max_age_minutes: float | None = None
 
 
 def parse_policy(path: Path, value: Any, root: Path) -> RolloutPolicy | None:
-    """Check the section; ConfigError names the key and the fix."""
+    """Check the rollout section; ConfigError names the key and the fix."""
     if value is None:
         return None
     if not isinstance(value, dict):
         raise ConfigError(path, "rollout", "expected a mapping",
-                          "see the docstring of scripts/operate/policy.py")
+                          "see the docstring of scripts/config/policies.py")
     unknown = sorted(set(value) - POLICY_KEYS)
     if unknown:
         raise ConfigError(path, f"rollout.{unknown[0]}", "unknown key",
@@ -64,7 +61,7 @@ def parse_policy(path: Path, value: Any, root: Path) -> RolloutPolicy | None:
     if not isinstance(golden, str) or not (root / golden).is_file():
         raise ConfigError(path, "rollout.golden", f"no golden set at {golden!r}",
                           "write the path of a JSON-lines file; "
-                          "`python -m scripts.operate.golden NAME` writes one")
+                          "`python -m scripts.build.golden NAME` writes one")
     policy = RolloutPolicy(
         golden=root / golden,
         p95_ms=_number(path, value, "p95_ms", low=0.0, high=None, required=True) or 0.0,
@@ -81,6 +78,24 @@ def parse_policy(path: Path, value: Any, root: Path) -> RolloutPolicy | None:
         raise ConfigError(path, "rollout.compare", "compare and min_agreement go together",
                           "name the response field to compare, e.g. compare: embedding, with min_agreement")
     return policy
+
+
+def parse_recycle(path: Path, value: Any) -> RecyclePolicy | None:
+    """Check the recycle section; ConfigError names the file, the key and the fix."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(path, "recycle", f"expected a mapping with {' and/or '.join(RECYCLE_KEYS)}, "
+                          f"got {value!r}", "write e.g. recycle: {max_rss_mb: 1500}")
+    unknown = sorted(set(value) - set(RECYCLE_KEYS))
+    if unknown:
+        raise ConfigError(path, f"recycle.{unknown[0]}", "unknown key",
+                          f"remove it or use one of {list(RECYCLE_KEYS)}")
+    for key, item in value.items():
+        if isinstance(item, bool) or not isinstance(item, int | float) or item <= 0:
+            raise ConfigError(path, f"recycle.{key}", f"expected a number > 0, got {item!r}",
+                              f"write e.g. {key}: {1500 if key == 'max_rss_mb' else 1440}")
+    return RecyclePolicy(**{key: float(item) for key, item in value.items()})
 
 
 def _number(path: Path, value: dict[str, Any], key: str, low: float, high: float | None,

@@ -41,6 +41,7 @@ from scripts.client.prometheus import Sample, total
 from scripts.deploy.autoscaling import GROUP_BY, LABEL_MATCHERS, adapter_rule, read_metric
 from scripts.deploy.monitor import INSTALL, Prometheus
 from scripts.serve.local import LocalServer, free_port
+from tests.prerequisites import prometheus_missing
 
 pytestmark = pytest.mark.e2e
 MONITORING = Path("configs/monitoring")
@@ -107,7 +108,7 @@ def prometheus_binary() -> None:
     """The same helper `make test`, `make monitor` and .ci/run use; a skip names what is missing."""
     done = subprocess.run(["bash", INSTALL, "--if-possible"], capture_output=True, text=True, check=False)
     if done.returncode != 0 or "==> prometheus, version" not in done.stdout:
-        pytest.skip(f"no prometheus and it cannot be installed here: {done.stderr.strip()}")
+        prometheus_missing(f"no prometheus and it cannot be installed here: {done.stderr.strip()}")
 
 
 @pytest.fixture(scope="module")

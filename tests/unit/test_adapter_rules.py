@@ -17,6 +17,7 @@ import yaml
 
 from scripts.config.files import ConfigError
 from scripts.deploy import autoscaling
+from tests.prerequisites import prometheus_missing
 
 # The adapter's config format, from kubernetes-sigs/prometheus-adapter v0.12.0 (commit 17cef51)
 # pkg/config/config.go, read with yaml.UnmarshalStrict (pkg/config/loader.go): unknown keys are errors.
@@ -97,7 +98,7 @@ def test_the_rendered_query_parses_as_promql(tmp_path: Path) -> None:
     """promtool (Debian's prometheus package) parses the query as Prometheus would, as a rule."""
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool is not installed (apt-get install prometheus)")
+        prometheus_missing("promtool is not installed (scripts/deploy/install_prometheus.sh)")
     (rule,) = adapter_config()["rules"]
     rules = tmp_path / "rules.yml"
     rendered = render(rule["metricsQuery"], "x")

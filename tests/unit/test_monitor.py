@@ -39,14 +39,30 @@ def test_make_test_make_monitor_and_ci_install_prometheus_through_one_helper() -
     assert f"\t{INSTALL}\n" in makefile and f"\n{INSTALL}\n" in ci  # make prometheus, CI: must install
 
 
+def run_helper(path: Path, *args: str, **environ: str) -> subprocess.CompletedProcess[str]:
+    """The install helper on a PATH of only `path`, with bash, id and head linked into it."""
+    for tool in ("bash", "id", "head"):
+        if not (path / tool).exists():
+            os.symlink(shutil.which(tool) or tool, path / tool)
+    return subprocess.run([str(path / "bash"), INSTALL, *args], env={"PATH": str(path), **environ},
+                          capture_output=True, text=True, check=False)
+
+
 def test_without_apt_the_helper_says_how_to_install(tmp_path: Path) -> None:
     """A PATH with neither prometheus nor apt-get: --if-possible exits 0, plain exits 1, both say why."""
-    for tool in ("bash", "id", "head"):
-        os.symlink(shutil.which(tool) or tool, tmp_path / tool)
-    env = {"PATH": str(tmp_path)}
-    soft = subprocess.run([str(tmp_path / "bash"), INSTALL, "--if-possible"], env=env, capture_output=True,
-                          text=True, check=False)
-    hard = subprocess.run([str(tmp_path / "bash"), INSTALL], env=env, capture_output=True, text=True,
-                          check=False)
+    soft, hard = run_helper(tmp_path, "--if-possible"), run_helper(tmp_path)
     assert (soft.returncode, hard.returncode) == (0, 1)
     assert "apt-get is not available" in soft.stderr and "apt-get install" in hard.stderr
+
+
+def test_promtool_is_required_too_and_ci_cannot_skip(tmp_path: Path) -> None:
+    """prometheus alone is not enough (the adapter rules' test runs promtool); REQUIRE_PROMETHEUS=1,
+    which .ci/run exports before `make test`, turns --if-possible into a failure."""
+    (tmp_path / "prometheus").write_text("#!/bin/sh\necho 'prometheus, version 2.42.0'\n")
+    (tmp_path / "prometheus").chmod(0o755)
+    soft = run_helper(tmp_path, "--if-possible")
+    assert soft.returncode == 0 and soft.stderr.startswith("promtool not installed"), soft.stderr
+    required = run_helper(tmp_path, "--if-possible", REQUIRE_PROMETHEUS="1")
+    assert required.returncode == 1 and "promtool not installed" in required.stderr
+    ci = Path(".ci/run").read_text()
+    assert ci.index("export REQUIRE_PROMETHEUS=1") < ci.index("\nmake test\n")

@@ -23,27 +23,25 @@ from PIL import Image
 from torch import nn
 
 from handlers import (
+    IMAGE_TYPES,
+    PILLOW_MAX_PIXELS,
     Input,
     Instances,
     ModelHandler,
     Output,
     RequestError,
     RuntimeOptions,
-    check_budget,
-    load_weights,
-    located,
-    option,
-)
-from handlers.architectures import DIGITS_CLASSES, DIGITS_SIDE, DigitsCNN
-from handlers.images import (
-    IMAGE_TYPES,
-    PILLOW_MAX_PIXELS,
     base64_bytes,
+    check_budget,
     decode_image,
     image_header,
+    load_weights,
+    located,
     open_image,
+    option,
     to_digit_tensor,
 )
+from handlers.architectures import DIGITS_CLASSES, DIGITS_SIDE, DigitsCNN
 
 
 class DigitsHandler(ModelHandler):

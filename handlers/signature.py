@@ -76,6 +76,11 @@ class Input:
     def rank(self) -> int:
         return len(self.shape)
 
+    def as_network_input(self) -> dict[str, tuple[int, ...]] | None:
+        """This input as the network's one input, {name: shape}, when its values are numbers (which
+        `float_matrix` makes one tensor of); None for bytes or text, which preprocess turns into others."""
+        return {self.name: self.shape} if self.datatypes and self.datatypes <= NUMBER_TYPES else None
+
 
 @dataclass(frozen=True)
 class Output:

@@ -38,7 +38,6 @@ class TabularHandler(ModelHandler):
     INPUT = Input("features", NUMBER_TYPES, (TABULAR_FEATURES,))
     OUTPUTS = (Output("label", "BYTES"), Output("class_index", "INT64"),
                Output("probabilities", "FP32", (TABULAR_CLASSES,)))
-    NETWORK_INPUTS = {"features": (TABULAR_FEATURES,)}
     POSTPROCESS_BY_ROW = True  # an argmax and a name per row
 
     @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from handlers.base import ModelHandler
+from handlers.batch import forward_batch, instances_of
 from handlers.engines import int8_layers
 from handlers.modules import handler_class
 from handlers.options import OptionsError, parse_options
@@ -274,10 +275,10 @@ def _local(spec: ModelSpec, handler_type: type[ModelHandler], model_dir: Path,
 def outputs(model: LocalModel, data: HeldOut) -> torch.Tensor:
     """The handler's output rows for every held-out request, batchSize requests at a time."""
     handler = model.handler
-    decoded = [handler.instances_of(body, data.content_type) for body in data.bodies]
+    decoded = [instances_of(handler, body, data.content_type) for body in data.bodies]
     size = int(model.context.system_properties.get("batch_size") or 1)
     batches = [decoded[start:start + size] for start in range(0, len(decoded), size)]
-    return torch.cat([handler.forward_batch(batch, sum(len(item) for item in batch)) for batch in batches])
+    return torch.cat([forward_batch(handler, batch, sum(len(item) for item in batch)) for batch in batches])
 
 
 def compare(reference: LocalModel, candidate: LocalModel, data: HeldOut) -> Comparison:

@@ -7,6 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from handlers import Input, ModelHandler
+from handlers.digits import DigitsHandler
+from handlers.errors import HandlerContractError
+from handlers.tabular import TabularHandler
 from scripts.harness import LocalModel, RawRequest
 from tests.fixtures.handlers import EchoHandler
 
@@ -97,3 +101,16 @@ def test_unknown_handler_option_fails_at_initialize(tmp_path: Path) -> None:
 
 def test_cpu_is_chosen_without_a_gpu_id(echo: LocalModel) -> None:
     assert echo.handler.device == torch.device("cpu")
+
+
+def test_network_inputs_default_to_a_numeric_input_and_a_declared_one_stays(tmp_path: Path) -> None:
+    assert EchoHandler.NETWORK_INPUTS == {"x": ()}  # Echo declares only INPUT = Input("x", NUMBER_TYPES)
+    assert TabularHandler.NETWORK_INPUTS == {"features": (30,)}  # from its INPUT
+    assert DigitsHandler.NETWORK_INPUTS == {"image": (1, 8, 8)}  # bytes in: declared
+
+    class NoNetworkInputs(ModelHandler):  # text in: the network's inputs cannot be read from INPUT
+        INPUT = Input("text", frozenset({"BYTES"}))
+
+    assert not hasattr(NoNetworkInputs, "NETWORK_INPUTS")
+    with pytest.raises(HandlerContractError, match="must declare NETWORK_INPUTS"):
+        LocalModel(NoNetworkInputs(), "texts", tmp_path, CONFIG)

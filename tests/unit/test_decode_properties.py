@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from handlers.base import ModelHandler
+from handlers.batch import instances_of
 from handlers.errors import RequestError
 from handlers.signature import DATATYPES
 from scripts.harness import LocalModel
@@ -59,7 +60,7 @@ def handlers() -> dict[str, ModelHandler]:
 
 def decode_or_request_error(handler: ModelHandler, body: Any, content_type: str) -> None:
     try:
-        instances = handler.instances_of(body, content_type)
+        instances = instances_of(handler, body, content_type)
     except RequestError as error:
         assert 400 <= error.status < 500 and error.message
         return
@@ -105,6 +106,6 @@ def test_valid_tabular_rows_always_decode(handlers: dict[str, ModelHandler],
         "oip-nested": {"inputs": [{"name": "features", "shape": [len(rows), 30], "datatype": "FP64",
                                    "data": rows}]},
     }[shape]
-    instances = handlers["tabular"].instances_of(document, "application/json")
+    instances = instances_of(handlers["tabular"], document, "application/json")
     assert instances.shape == (len(rows), 30)
     assert instances.flatten().tolist() == pytest.approx(flat)

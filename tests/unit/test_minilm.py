@@ -7,10 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from handlers.minilm import _similar_length_chunks
 from scripts.harness import FormField, LocalModel, RawRequest
 from tests.helpers import SENTENCES, sentence_transformers_embeddings
 
@@ -65,18 +62,6 @@ def test_limits_are_413() -> None:
             RawRequest.json({"text": "y" * 10}),
         ])
     assert [r.status for r in results] == [413, 413, 200]
-
-
-@settings(max_examples=200, deadline=None)
-@given(lengths=st.lists(st.integers(min_value=1, max_value=300), max_size=40),
-       max_padding=st.sampled_from([0.0, 0.1, 0.25, 1.0]))
-def test_length_chunks_cover_every_text_once_and_bound_padding(lengths: list[int],
-                                                              max_padding: float) -> None:
-    chunks = _similar_length_chunks(lengths, max_padding)
-    assert sorted(i for chunk in chunks for i in chunk) == list(range(len(lengths)))
-    for chunk in chunks:
-        real = sum(lengths[i] for i in chunk)
-        assert len(chunk) == 1 or max(lengths[i] for i in chunk) * len(chunk) <= real * (1 + max_padding)
 
 
 def test_length_buckets_do_not_change_the_embeddings(minilm: LocalModel) -> None:

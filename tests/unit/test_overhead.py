@@ -11,8 +11,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tokenizers import Tokenizer
 
+from handlers.batch import instances_of
 from handlers.envelopes import serialize
 from scripts.build import datasets
 from scripts.harness import LocalModel, RawRequest
@@ -94,32 +94,6 @@ def test_serialize_fails_and_falls_back_as_json_dumps_does() -> None:
         serialize({"tensor": torch.zeros(1)})
 
 
-TEXTS = [
-    "Hello, World! It's 3.14 o'clock_now; (tabs\tand\nnewlines) [x] {y} <z> a~b|c^d`e@f#g$h%i&j*k+l=m",
-    "naïve café 東京 and ünïcödé", "UPPER lower MiXeD 123abc abc123", "  padded  ", "x" * 300,
-    " ".join(["tokens"] * 400), "emoji 🙂 here", "\x7f\x01control", "don't-stop_me now...",
-]
-
-
-@settings(max_examples=100, deadline=None)
-@given(extra=st.lists(st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=80)
-                      .filter(str.strip), min_size=1, max_size=6))
-def test_tokens_equal_the_tokenizers_own(minilm: LocalModel, extra: list[str]) -> None:
-    texts = TEXTS + extra
-    reference = Tokenizer.from_file(str(ROOT / "build/weights/minilm/tokenizer.json"))
-    reference.enable_truncation(max_length=minilm.handler.options.max_length)
-    reference.no_padding()  # the file pads to 128; the handler pads per chunk
-    expected = [encoding.ids for encoding in reference.encode_batch(texts)]
-    batch = minilm.handler.collate([texts[:3], texts[3:]])
-    chunk_rows = [(chunk, row) for chunk in batch["chunks"] for row in range(len(chunk["input_ids"]))]
-    ours: list[list[int]] = [[]] * len(texts)
-    for position, (chunk, row) in zip(batch["order"].tolist(), chunk_rows, strict=True):
-        length = int(chunk["attention_mask"][row].sum())
-        ours[position] = chunk["input_ids"][row][:length].tolist()
-        assert chunk["token_type_ids"][row].tolist() == [0] * len(chunk["input_ids"][row])
-    assert ours == expected
-
-
 def test_measure_gives_per_request_figures_for_both_trees() -> None:
     report = measure("tabular", batch=4, rounds=3, warmup=1, against=ROOT)
     for side in ("new", "old"):
@@ -144,8 +118,8 @@ def test_float_rows_become_the_float32_values_torch_tensor_gave(rows: list[list[
 
 def test_tabular_collates_one_tensor_of_every_request_row(tabular: LocalModel) -> None:
     rows = datasets.breast_cancer().held_out_x[:3].tolist()
-    pieces = [tabular.handler.instances_of({"features": rows[0]}),
-              tabular.handler.instances_of({"features": rows[1:]})]
+    pieces = [instances_of(tabular.handler, {"features": rows[0]}),
+              instances_of(tabular.handler, {"features": rows[1:]})]
     batch = tabular.handler.collate(pieces)
     assert batch.dtype == torch.float32
     assert torch.equal(batch, torch.tensor(rows, dtype=torch.float32))

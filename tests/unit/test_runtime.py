@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from handlers.batch import forward_batch
 from handlers.engines import BucketedEngine, quantize_int8
 from handlers.options import OptionsError, parse_options
 from handlers.runtime import batch_sizes, length_buckets, to_device, worker_threads
@@ -113,8 +114,8 @@ def test_bf16_autocast_keeps_the_tabular_answers() -> None:
     rows = _held_out_rows(64)
     with LocalModel.from_config(TABULAR) as fp32, \
             LocalModel.from_config(TABULAR, {"precision": "bf16"}) as bf16:
-        expected = fp32.handler.forward_batch(rows, len(rows))
-        found = bf16.handler.forward_batch(rows, len(rows))
+        expected = forward_batch(fp32.handler, rows, len(rows))
+        found = forward_batch(bf16.handler, rows, len(rows))
     assert found.dtype == torch.float32
     assert torch.allclose(found, expected, atol=0.05)
     assert (found.argmax(1) == expected.argmax(1)).float().mean() >= 0.95
@@ -141,6 +142,6 @@ def test_compiled_buckets_never_recompile_after_warm_up() -> None:
             for _ in range(30):
                 count = generator.randint(1, 40)
                 batch = generator.sample(rows, count)
-                found = compiled.handler.forward_batch(batch, count)
-                assert torch.allclose(found, eager.handler.forward_batch(batch, count), atol=1e-5)
+                found = forward_batch(compiled.handler, batch, count)
+                assert torch.allclose(found, forward_batch(eager.handler, batch, count), atol=1e-5)
         assert counters["stats"]["unique_graphs"] == graphs_after_warm_up

@@ -14,6 +14,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 
+from handlers.batch import native_answers
 from scripts.measure.baselines.plain_handler import load_model, model_files, plain_batch
 
 KIND = os.environ.get("BENCH_MODEL", "tabular")
@@ -33,7 +34,7 @@ def _answer(body: bytes) -> Any:
     parsed = body if KIND == "digits" else json.loads(body)
     with torch.inference_mode():
         rows = MODEL.inference(plain_batch(KIND, MODEL, [parsed])).cpu()
-    return MODEL.native_answers(MODEL.postprocess(rows), 1)[0]
+    return native_answers(MODEL, MODEL.postprocess(rows), 1)[0]
 
 
 @app.get("/ping")

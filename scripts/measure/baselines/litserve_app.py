@@ -20,6 +20,7 @@ import litserve as ls
 import torch
 from fastapi import Body
 
+from handlers.batch import native_answers
 from handlers.runtime import set_worker_threads, worker_threads
 from scripts.measure.baselines.plain_handler import load_model, model_files, plain_batch
 
@@ -66,7 +67,7 @@ class BenchAPI(ls.LitAPI):
             return self.model.inference(batch).cpu()
 
     def unbatch(self, output: torch.Tensor) -> list[Any]:
-        return self.model.native_answers(self.model.postprocess(output), len(output))
+        return native_answers(self.model, self.model.postprocess(output), len(output))
 
     def encode_response(self, output: Any) -> Any:
         return output

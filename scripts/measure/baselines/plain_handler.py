@@ -21,6 +21,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.architectures import DIGITS_SIDE
 from handlers.base import ModelHandler
+from handlers.batch import native_answers
 from handlers.digits import DigitsHandler
 from handlers.engines import TorchEngine
 from handlers.images import to_digit_tensor
@@ -79,4 +80,4 @@ class PlainHandler(BaseHandler):
             return self.model.inference(data).cpu()
 
     def postprocess(self, data: torch.Tensor) -> list[Any]:
-        return self.model.native_answers(self.model.postprocess(data), len(data))
+        return native_answers(self.model, self.model.postprocess(data), len(data))

@@ -17,9 +17,12 @@ from scripts.operate.tsctl import main as tsctl
 TABULAR = Path("configs/models/tabular.yaml")
 
 
-def with_section(tmp_path: Path, section: object) -> Path:
+def with_section(tmp_path: Path, section: object, key: str = "recycle") -> Path:
+    """tabular's YAML with its `key` section replaced (None: left out)."""
     config = yaml.safe_load(TABULAR.read_text())
-    config["recycle"] = section
+    config[key] = section
+    if section is None:
+        del config[key]
     path = tmp_path / "tabular.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -42,10 +45,7 @@ def test_a_bad_rollout_section_names_its_key(tmp_path: Path, section: dict[str, 
 
 def test_tsctl_names_the_missing_rollout_section_and_its_fix(tmp_path: Path,
                                                             caplog: pytest.LogCaptureFixture) -> None:
-    config = yaml.safe_load(TABULAR.read_text())
-    del config["rollout"]
-    path = tmp_path / "tabular.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = with_section(tmp_path, None, "rollout")
     code = tsctl(["gate", "tabular", "--url", "http://127.0.0.1:9", "--policy", str(path)])
     assert code == Exit.USAGE
     assert f"{path}: key 'rollout': missing" in caplog.text and "add a rollout: section" in caplog.text
@@ -78,3 +78,13 @@ def test_a_bad_recycle_section_names_file_key_and_fix(tmp_path: Path, section: o
 
 def test_no_section_means_no_policy(tmp_path: Path) -> None:
     assert parse_recycle(tmp_path / "m.yaml", None) is None
+
+
+def test_if_over_without_a_policy_is_a_usage_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "store").mkdir()
+    properties = tmp_path / "config.properties"
+    properties.write_text("model_store=store\n")
+    code = tsctl(["--ts-config", str(properties), "--server-dir", str(tmp_path), "recycle", "tabular",
+                  "--if-over", "--config", str(with_section(tmp_path, None))])
+    assert code == Exit.USAGE
+    assert "key 'recycle': missing" in caplog.text and "drop --if-over" in caplog.text

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from scripts.build.store import read_archive
 from scripts.client.prometheus import Sample
@@ -27,17 +26,6 @@ from scripts.operate import handoff, recycle
 from scripts.operate.exits import Exit, RolloutFailed
 from scripts.operate.recycle import WorkerSample, over_limits
 from scripts.operate.rollout_log import RolloutLog
-from scripts.operate.tsctl import main as tsctl
-
-TABULAR = Path("configs/models/tabular.yaml")
-
-
-def with_section(tmp_path: Path, section: object) -> Path:
-    config = yaml.safe_load(TABULAR.read_text())
-    config["recycle"] = section
-    path = tmp_path / "tabular.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def worker(rss: float | None, age: float | None = 5.0) -> WorkerSample:
@@ -110,16 +98,6 @@ def test_recycle_if_over_replaces_only_when_a_worker_is_over(
                                        RecyclePolicy(max_rss_mb=1000), log, 1)
     assert result["recycled"] is recycled and calls == (["tabular"] if recycled else [])
     assert ("1500 MiB > max_rss_mb 1000" in result["message"]) is recycled
-
-
-def test_if_over_without_a_policy_is_a_usage_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    (tmp_path / "store").mkdir()
-    properties = tmp_path / "config.properties"
-    properties.write_text("model_store=store\n")
-    code = tsctl(["--ts-config", str(properties), "--server-dir", str(tmp_path), "recycle", "tabular",
-                  "--if-over", "--config", str(with_section(tmp_path, None))])
-    assert code == Exit.USAGE
-    assert "key 'recycle': missing" in caplog.text and "drop --if-over" in caplog.text
 
 
 def test_the_stand_in_is_the_same_archive_under_another_version(tmp_path: Path) -> None:

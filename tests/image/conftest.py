@@ -7,6 +7,11 @@ need the VM's firewall tooling). So that it cannot clash with anything else on t
 machine, TorchServe's addresses are moved to free loopback ports with TorchServe's own
 environment overrides (TS_INFERENCE_ADDRESS, ...; the image sets enable_envvars_config=true),
 which is also the proof that those overrides are honoured.
+
+It runs under deploy/kubernetes/deployment.yaml's settings, read from the manifest
+(tests/image/deployment.py): read-only root, its emptyDirs as tmpfs, its user, capabilities
+and no-new-privileges, and its environment, less the token switch (TOKEN_SWITCH) and with the
+tests' own addresses and drain. So every test here checks the image under the Deployment's settings.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +29,12 @@ import pytest
 from scripts.deploy.image import CONTAINERS_CONF, TAG
 from scripts.serve.local import LocalServer, free_port
 from tests.conftest import FIGURES
+from tests.image import deployment
 
 MODELS = ("tabular", "digits", "minilm")
 DRAIN_SECONDS = 8  # the entrypoint keeps serving this long after SIGTERM
+# The manifest turns tokens off; these tests keep the image's default (on): the token tests need it.
+TOKEN_SWITCH = "TS_DISABLE_TOKEN_AUTHORIZATION"
 
 
 def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -77,8 +85,11 @@ class Container:
             time.sleep(1)
 
 
-def run_container(name: str, ports: dict[str, int]) -> None:
+def run_container(name: str, ports: dict[str, int], flags: Sequence[str] = (),
+                  environment: Mapping[str, str] | None = None) -> None:
+    """`podman run` with `flags` and `environment`; the tests' addresses and drain win over it."""
     env = {
+        **(environment or {}),
         "TS_INFERENCE_ADDRESS": f"http://127.0.0.1:{ports['inference']}",
         "TS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{ports['management']}",
         "TS_METRICS_ADDRESS": f"http://127.0.0.1:{ports['metrics']}",
@@ -88,8 +99,9 @@ def run_container(name: str, ports: dict[str, int]) -> None:
         "DRAIN_SECONDS": str(DRAIN_SECONDS),
         "KEEPER_HEALTH_ADDRESS": f"127.0.0.1:{ports['keeper']}",
     }
-    flags = [arg for key, value in env.items() for arg in ("--env", f"{key}={value}")]
-    podman("run", "--detach", "--name", name, "--network", "host", *flags, TAG)
+    env_flags = [arg for key, value in env.items() for arg in ("--env", f"{key}={value}")]
+    podman("run", "--detach", "--name", name, "--network", "host", *flags, *env_flags, TAG)
+
 
 
 @pytest.fixture(scope="session")
@@ -99,8 +111,10 @@ def container() -> Iterator[Container]:
     name = f"toolkit-image-test-{os.getpid()}"
     ports = {port: free_port() for port in ("inference", "management", "metrics", "grpc_inference",
                                              "grpc_management", "keeper")}
+    settings = deployment.read()
     started = time.monotonic()
-    run_container(name, ports)
+    environment = {key: value for key, value in settings.environment.items() if key != TOKEN_SWITCH}
+    run_container(name, ports, settings.flags, environment)
     instance = Container(name, ports)
     try:
         instance.wait_healthy()

@@ -1,4 +1,5 @@
-"""The image, run: healthy only when warm, answers like the host, not root, and a clean SIGTERM.
+"""The image, run under the Deployment's settings: healthy only when warm, answers like the host,
+not root, no write refused, and a clean SIGTERM.
 
 Tests run in file order on one container; the SIGTERM test stops it, so it comes last.
 """
@@ -24,9 +25,14 @@ from scripts.serve.local import LocalServer
 from tests.battery import Call, bad_calls, check_good, good_calls
 from tests.conftest import FIGURES
 from tests.helpers import SENTENCES, sentence_transformers_embeddings
+from tests.image import deployment
 from tests.image.conftest import DRAIN_SECONDS, MODELS, Container, podman
 
 TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)")
+# What a refused write logs: Python's OSError, Java's exceptions, the shell's.
+REFUSED = ("Read-only file system", "Permission denied", "ReadOnlyFileSystemException",
+           "AccessDeniedException")
+SERVER_DIR = "/var/lib/torchserve"  # TorchServe's working directory: key_file.json, logs/
 GRACE_SECONDS = 30  # podman stop -t: SIGKILL after this; DRAIN_SECONDS + the JVM's stop fit well inside
 EXAMPLES = [Call("tabular", Path("build/examples/tabular.json").read_bytes()),
             Call("digits", Path("build/examples/digit.png").read_bytes(), "image/png"),
@@ -95,6 +101,35 @@ def test_runs_as_uid_10001_under_tini(container: Container) -> None:
     java = [row for row in rows if row[4].startswith("java ")]
     assert len(java) == 1 and "org.pytorch.serve.ModelServer" in java[0][4]
     assert podman("exec", container.name, "id", "-u").stdout.strip() == "10001"
+
+
+def proc_status(container: Container) -> dict[str, str]:
+    lines = podman("exec", container.name, "cat", "/proc/1/status").stdout.splitlines()
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
+def test_runs_under_the_deployments_settings(container: Container) -> None:
+    """What deployment.yaml asks, seen from inside the container: PID 1 with no capability and no
+    new privileges, the root read-only, each emptyDir a tmpfs of its sizeLimit, written by TorchServe."""
+    settings = deployment.read()
+    assert {"--read-only", "--cap-drop=ALL", "--security-opt=no-new-privileges"} <= set(settings.flags)
+    status = proc_status(container)
+    assert {status[key] for key in ("CapPrm", "CapEff", "CapBnd", "CapAmb")} == {"0000000000000000"}, status
+    assert status["NoNewPrivs"] == "1"
+    uid, _, gid = (settings.user or "").partition(":")
+    assert status["Uid"].split() == [uid] * 4 and status["Gid"].split() == [gid or uid] * 4, status
+    lines = podman("exec", container.name, "cat", "/proc/mounts").stdout.splitlines()
+    mounts = {fields[1]: fields for fields in (line.split() for line in lines)}
+    assert mounts["/"][3].split(",")[0] == "ro", mounts["/"]
+    assert set(settings.tmpfs) == {SERVER_DIR, "/tmp"}
+    for path, size in settings.tmpfs.items():
+        kind, options = mounts[path][2], mounts[path][3].split(",")
+        assert kind == "tmpfs" and "rw" in options and "noexec" not in options, mounts[path]
+        assert size is None or f"size={size // 1024}k" in options, mounts[path]
+    refused = podman("exec", container.name, "touch", "/opt/toolkit/written", check=False)
+    assert refused.returncode != 0 and "Read-only file system" in refused.stderr, refused.stderr
+    written = podman("exec", container.name, "sh", "-c", f"ls {SERVER_DIR} {SERVER_DIR}/logs /tmp").stdout
+    assert {"key_file.json", "ts_log.log", "models"} <= set(written.split()), written
 
 
 def test_the_environment_moved_every_port(container: Container) -> None:
@@ -180,6 +215,20 @@ def test_the_keeper_answers_ready_without_a_key(container: Container) -> None:
     assert ready.status_code == 200 and ready.json()["ready"] is True, ready.text
 
 
+def refused_writes(logs: str) -> list[str]:
+    return [line for line in logs.splitlines() if any(word in line for word in REFUSED)]
+
+
+def test_no_write_was_refused(container: Container) -> None:
+    """Neither the container's output nor TorchServe's log files (the workers' output is in
+    model_log.log) name a refused write, after everything above ran. The SIGTERM test checks its drain."""
+    result = podman("logs", container.name)
+    files = {name: podman("exec", container.name, "cat", f"{SERVER_DIR}/logs/{name}").stdout
+             for name in ("ts_log.log", "model_log.log")}
+    assert "Model server started" in result.stdout and all(files.values()), "no log to read"
+    assert refused_writes("\n".join([result.stdout, result.stderr, *files.values()])) == []
+
+
 def load(container: Container, token: str, stop: threading.Event) -> list[tuple[float, float, str]]:
     """One client sending until `stop`: (wall-clock start, end, outcome) per request."""
     calls = [Call("minilm", json.dumps({"text": SENTENCES[:8]}).encode()), EXAMPLES[0], EXAMPLES[1]]
@@ -243,6 +292,7 @@ def test_sigterm_under_light_load_drains_and_exits_within_the_grace_period(conta
     failed = [r for r in records if r[2] != "200"]
     assert failed == [], f"{len(failed)} of {len(records)} requests not answered 200: {failed[:5]}"
     assert in_flight, "no request was in flight at SIGTERM, so this run proved nothing about them"
+    assert refused_writes(logs) == []  # the drain marker, the stop
 
 
 def draining(container: Container) -> bool:

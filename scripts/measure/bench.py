@@ -44,6 +44,7 @@ from typing import Any
 import requests
 import torch
 
+from handlers.batch import forward_batch, instances_of
 from scripts.build.archive import build_archive
 from scripts.build.checks import load_buildable
 from scripts.config.model import CONFIG_DIR, ModelSpec
@@ -75,15 +76,15 @@ def limit_throughput(archive: Path, load: Workload, seconds: float, batch_size: 
     """Instances per second of collate + predict on decoded inputs, batch_size at a time, in-process."""
     with LocalModel.from_mar(archive) as local:
         handler = local.handler
-        decoded = [handler.instances_of(body, load.content_type) for body in load.bodies]
+        decoded = [instances_of(handler, body, load.content_type) for body in load.bodies]
         batches = [decoded[i:i + batch_size] for i in range(0, len(decoded) - batch_size + 1, batch_size)]
         for batch in batches[:3]:  # warm-up
-            handler.forward_batch(batch, sum(len(item) for item in batch))
+            forward_batch(handler, batch, sum(len(item) for item in batch))
         done, started, timings = 0, time.perf_counter(), []
         while time.perf_counter() - started < seconds:
             batch = batches[len(timings) % len(batches)]
             tick = time.perf_counter()
-            handler.forward_batch(batch, sum(len(item) for item in batch))
+            forward_batch(handler, batch, sum(len(item) for item in batch))
             timings.append(time.perf_counter() - tick)
             done += sum(len(item) for item in batch)
         elapsed = time.perf_counter() - started

@@ -57,8 +57,8 @@ _RULES = (
     ("serialize (json.dumps)", r"json/encoder\.py|^dumps \(json"),
     ("metrics and logging", r"handlers/metrics\.py|logging/__init__\.py"),
     ("inference (the engine)", r"handlers/engines\.py|handlers/architectures\.py|transformers/|torch/nn/|"
-                               + _OURS.format("_embed|inference")),
-    ("collate (tokenization, padding)", _OURS.format("collate|_pad|_similar_length_chunks")),
+                               + _OURS.format("inference") + r"|^TextBatch\.run \("),
+    ("collate (tokenization, padding)", _OURS.format("collate") + r"|handlers/text\.py"),
     ("encode (rows to answers)", _OURS.format("_answer|postprocess|native_answers|frame|"
                                               "per_instance")),
     ("decode (parse, validate)", _OURS.format("_read|read|admit|preprocess|parse|open_envelope")),

@@ -180,15 +180,15 @@ def test_tune_picks_the_setting_whose_worst_load_costs_least() -> None:
 def test_breakdown_sorts_profile_samples_into_stages_by_the_innermost_known_frame() -> None:
     worker = ("<module> (ts/model_service_worker.py:301);TorchModelServiceWorker.handle_connection "
               "(ts/model_service_worker.py:185);Service.predict (ts/service.py:135);"
-              "ModelHandler.handle (handlers/base.py:229)")
+              "ModelHandler.handle (handlers/base.py:145);answer_batch (handlers/batch.py:102)")
     collapsed = "\n".join([
         "process 12 (python);<module> (ts/model_service_worker.py:301);retrieve_msg (ts/protocol/"
         "otf_message_handler.py:33);_retrieve_buffer (ts/protocol/otf_message_handler.py:181) 50",
-        f"{worker};ModelHandler._infer (handlers/base.py:296);TorchEngine.__call__ (handlers/engines.py:46);"
+        f"{worker};_infer (handlers/batch.py:178);TorchEngine.__call__ (handlers/engines.py:46);"
         "Module._call_impl (torch/nn/modules/module.py:1789) 30",
-        f"{worker};ModelHandler._answer (handlers/base.py:320);"
+        f"{worker};_answer (handlers/batch.py:226);"
         "dumps (json/__init__.py:238);JSONEncoder.encode (json/encoder.py:200) 10",
-        f"{worker};ModelHandler._infer (handlers/base.py:293);"
+        f"{worker};_infer (handlers/batch.py:175);"
         "MiniLMHandler.collate (handlers/minilm.py:120) 6",
         f"{worker};HandlerMetrics.flush (handlers/metrics.py:105);Logger.info (logging/__init__.py:1489) 4",
         "not a stack line",
@@ -199,5 +199,8 @@ def test_breakdown_sorts_profile_samples_into_stages_by_the_innermost_known_fram
                             "metrics and logging"]
     assert shares["idle (waiting for the next batch)"] == 0.5 and shares["metrics and logging"] == 0.04
     assert classify(["Service.predict (ts/service.py:135)"]) == "TorchServe worker (framing, IPC)"
+    # The text toolkit's frames: running the chunks is the engine's time, the rest of text.py collate's.
+    assert classify(["TextBatch.run (handlers/text.py:70)"]) == "inference (the engine)"
+    assert classify(["TextEncoder.pad (handlers/text.py:140)"]) == "collate (tokenization, padding)"
     assert classify(["main (somewhere.py:1)"]) == "other"
     assert profile_shares("") == {}

@@ -96,11 +96,12 @@ HOME (logs, key_file.json when tokens are on, config snapshots when enabled, the
 draining marker, onnxruntime's ~/.cache), and to java.io.tmpdir = /tmp (extracted archives,
 worker sockets /tmp/.ts.sock.PORT, the launcher's pid file, JVM perf data, torch's inductor
 directory); both are emptyDirs. Nothing else needs a writable root: Python skips bytecode
-caches under /opt (the image sets PYTHONDONTWRITEBYTECODE). Checked with podman on the image:
-read-only root, tmpfs at both paths, UID 10001, all capabilities dropped, no-new-privileges
-and the variables below; every model READY and answering, no write refused, 8081/7071 on
-127.0.0.1 only, and an exit 82 s after SIGTERM with DRAIN_SECONDS=70. It does not hold for a
-model that installs packages at load (install_py_dep_per_model, useVenv): bake them into the image.
+caches under /opt (the image sets PYTHONDONTWRITEBYTECODE). `make test-image` runs the image
+under this container's settings, read from this file: read-only root, tmpfs at both paths, UID
+10001, all capabilities dropped, no-new-privileges and the variables below but the token switch;
+every model READY and answering, no write refused. Not run that way: tokens off, and 8081/7071 on
+127.0.0.1 while 8080 is not (a check by hand, once). It does not hold for a model that installs
+packages at load (install_py_dep_per_model, useVenv): bake them into the image.
 """
 
 

@@ -17,6 +17,7 @@ from functools import cache, partial
 from typing import Any
 
 import numpy as np
+import requests
 from PIL import Image
 
 from scripts.build import datasets
@@ -52,6 +53,21 @@ class Call:
 
     def path(self) -> str:
         return ROUTES[self.route].format(model=self.model)
+
+    def send(self, inference_url: str, token: str | None = None, session: requests.Session | None = None,
+             timeout: float = 60) -> requests.Response:
+        """Over HTTP to a served model: the body with its content type and headers, or the form fields
+        as multipart (a file part has a file name and a content type; a plain field has neither).
+        `token`: the inference key, where token authorization is on."""
+        url = inference_url + self.path()
+        post = (session or requests).post
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if self.form:
+            files = [(f.name, (f.name if f.content_type else None, f.value, f.content_type))
+                     for f in self.form]
+            return post(url, files=files, headers=headers, timeout=timeout)
+        headers |= {"Content-Type": self.content_type, **dict(self.headers)}
+        return post(url, data=self.body, headers=headers, timeout=timeout)
 
 
 @dataclass(frozen=True)

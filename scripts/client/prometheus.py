@@ -6,6 +6,8 @@ BatchRequests histogram). Parsing is prometheus-client's own.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import requests
@@ -24,6 +26,19 @@ def scrape(metrics_url: str, timeout: float = 10.0) -> list[Sample]:
     response = requests.get(f"{metrics_url}/metrics", timeout=timeout)
     response.raise_for_status()
     return parse_samples(response.text)
+
+
+def settled_scrape(metrics_url: str, done: Callable[[list[Sample]], bool],
+                   timeout: float = 15) -> list[Sample]:
+    """Scrape until `done` holds, or `timeout` passes: then the last scrape, for the caller to say what
+    is missing. Workers' metrics reach the frontend through their log stream, a little after the
+    responses, so a reader polls rather than sleeps."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(metrics_url)
+        if done(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.1)
 
 
 def parse_samples(text: str) -> list[Sample]:

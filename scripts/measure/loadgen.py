@@ -15,8 +15,10 @@ import logging
 import math
 import os
 import resource
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ import numpy as np
 
 from scripts.build import datasets
 from scripts.build.models import digit_png
-from scripts.client.prometheus import histogram_mean, scrape
+from scripts.client.prometheus import Sample, histogram_mean, scrape, settled_scrape, total
 
 logger = logging.getLogger(__name__)
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -77,27 +79,46 @@ class LoadResult:
     wall_s: float = math.nan  # how long locust ran, start to exit
 
 
+@dataclass(frozen=True)
+class Reply:
+    """One response as locustfile.py records it (BENCH_RESPONSES): Unix times, status, X-Model-Version."""
+
+    sent: float
+    answered: float
+    status: int
+    version: str = "-"  # the frontend's own answers (503 queue full, 507 worker died) carry none
+
+
+def read_replies(path: Path) -> list[Reply]:
+    """Every reply recorded so far; a last line locust is still writing waits for the next read."""
+    if not path.exists():
+        return []
+    complete = path.read_text().split("\n")[:-1]
+    return [Reply(float(sent), float(answered), int(status), version)
+            for sent, answered, status, version in (line.split() for line in complete)]
+
+
 def run_load(host: str, path: str, bodies_file: Path, users: int, seconds: float, workdir: Path,
              metrics_url: str | None = None, model_label: str | None = None,
              settle: float = 1.0, extra_env: dict[str, str] | None = None,
-             stop_timeout: float = 0.0) -> LoadResult:
-    """Run locust for `seconds` (whole seconds, rounded up) with `users` concurrent clients;
+             stop_timeout: float = 0.0, stop: threading.Event | None = None) -> LoadResult:
+    """Run locust for `seconds` (whole seconds, rounded up, at least 2) with `users` concurrent clients;
     figures from its CSV summary. `extra_env`: BENCH_TOKEN, BENCH_RESPONSES (locustfile.py).
     `stop_timeout`: at the end, let requests in flight finish (and be recorded) for up to this long;
-    0 (locust's default) abandons them."""
+    0 (locust's default) abandons them. `stop`: when set, the run ends early, as at its time limit
+    (SIGTERM: locust stops its users, lets `stop_timeout` run, and writes its summary)."""
     prefix = workdir / f"locust-{path.strip('/').replace('/', '_')}-{users}-{time.monotonic_ns()}"
     before = scrape(metrics_url) if metrics_url else []
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-    run_time = f"{max(1, math.ceil(seconds))}s"
+    run_time = f"{max(2, math.ceil(seconds))}s"  # locust's summary of a 1 s run is empty
     command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
                "--users", str(users), "--spawn-rate", str(users), "--run-time", run_time,
                "--host", host, "--csv", str(prefix), "--loglevel", "ERROR", "--exit-code-on-error", "0"]
     if stop_timeout:
         command += ["--stop-timeout", f"{stop_timeout:g}"]
     env = {**os.environ, "BENCH_BODIES": str(bodies_file), "BENCH_PATH": path, **(extra_env or {})}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False,
-                            timeout=seconds + 120)
+    result = _locust(command, env, seconds + 120, stop)
     wall = time.monotonic() - started
     if result.returncode != 0:
         raise RuntimeError(f"locust failed ({result.returncode}):\n{result.stderr[-2000:]}")
@@ -105,9 +126,16 @@ def run_load(host: str, path: str, bodies_file: Path, users: int, seconds: float
     cpu = (after_usage.ru_utime - usage.ru_utime) + (after_usage.ru_stime - usage.ru_stime)
     row = _aggregated_row(Path(f"{prefix}_stats.csv"))
     mean_batch = None
-    if metrics_url and model_label:
-        time.sleep(1.0)  # workers' metrics reach the frontend through their log stream
-        mean_batch = histogram_mean(before, scrape(metrics_url), "BatchRequests", ModelName=model_label)
+    if metrics_url and model_label:  # once every request locust saw answered is in a batch's metrics
+        answered = int(row["Request Count"]) - int(row["Failure Count"])
+
+        def counted(samples: list[Sample]) -> bool:
+            grown = total(samples, "BatchRequests_sum", ModelName=model_label) - total(
+                before, "BatchRequests_sum", ModelName=model_label)
+            return grown >= answered
+
+        after = settled_scrape(metrics_url, counted, timeout=5)
+        mean_batch = histogram_mean(before, after, "BatchRequests", ModelName=model_label)
     time.sleep(settle)  # let requests still queued when locust stopped drain before the next run
     return LoadResult(
         requests=int(row["Request Count"]), failures=int(row["Failure Count"]),
@@ -115,6 +143,27 @@ def run_load(host: str, path: str, bodies_file: Path, users: int, seconds: float
         p99_ms=_ms(row["99%"]), locust_cpu=cpu / (wall * (os.cpu_count() or 1)), mean_batch=mean_batch,
         mean_ms=float(row["Average Response Time"]), wall_s=wall,
     )
+
+
+def _locust(command: list[str], env: dict[str, str], timeout: float,
+            stop: threading.Event | None) -> subprocess.CompletedProcess[str]:
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as process:
+        if stop is not None:
+            threading.Thread(target=_end_when, args=(stop, process), daemon=True).start()
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def _end_when(stop: threading.Event, process: subprocess.Popen[str]) -> None:
+    while process.poll() is None:
+        if stop.wait(0.1):
+            process.send_signal(signal.SIGTERM)
+            return
 
 
 def _ms(value: str) -> float:

@@ -38,17 +38,10 @@ import numpy as np
 from scripts.build.archive import build_archive
 from scripts.build.checks import load_buildable
 from scripts.config.model import CONFIG_DIR, ModelSpec
-from scripts.measure.loadgen import run_load, workload
+from scripts.measure.loadgen import Reply, read_replies, run_load, workload
 from scripts.serve.local import LocalServer
 
 QUEUE_FULL = 503
-
-
-@dataclass(frozen=True)
-class Reply:
-    sent: float
-    answered: float
-    status: int
 
 
 @dataclass(frozen=True)
@@ -66,13 +59,6 @@ class Figures:
     refused_p99_ms: float | None
     other_statuses: dict[str, int]
     locust_cpu: float
-
-
-def read_replies(path: Path) -> list[Reply]:
-    if not path.exists():
-        return []
-    return [Reply(float(sent), float(answered), int(status))
-            for sent, answered, status, *_ in (line.split() for line in path.read_text().splitlines())]
 
 
 def figures(replies: list[Reply], window: tuple[float, float], locust_cpu: float) -> Figures:

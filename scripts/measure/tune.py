@@ -107,10 +107,11 @@ def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
                 print(f"    registering {combo.label} as {names[combo]}", flush=True)
                 server.register(f"{spec.name}.mar", names[combo], combo.batch_size, combo.max_batch_delay,
                                 combo.workers)
-            print(f"==> warming up every setting for {args.warmup:g}s", flush=True)
-            for combo in combos:
-                run_load(server.inference_url, f"/predictions/{names[combo]}", bodies,
-                         max(args.concurrency), args.warmup, workdir)
+            if args.warmup > 0:
+                print(f"==> warming up every setting for {args.warmup:g}s", flush=True)
+                for combo in combos:
+                    run_load(server.inference_url, f"/predictions/{names[combo]}", bodies,
+                             max(args.concurrency), args.warmup, workdir)
             for users, number in itertools.product(args.concurrency, range(1, args.rounds + 1)):
                 for combo in combos:
                     path = f"/predictions/{names[combo]}"
@@ -153,6 +154,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, nargs="+")
     parser.add_argument("--rounds", type=int, help="interleaved rounds per cell, median kept (default 2)")
     parser.add_argument("--duration", type=float)
+    parser.add_argument("--warmup", type=float, default=5.0,
+                        help="seconds of load on each setting before any is measured; 0: none (default 5)")
     parser.add_argument("--quick", action="store_true", help="a small grid and short runs")
     parser.add_argument("--out", type=Path, default=Path("results/tune"))
     parser.add_argument("--device", choices=("cpu", "gpu"),
@@ -164,7 +167,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.workers = args.workers or [1]
     args.rounds = args.rounds or (1 if args.quick else 2)
     args.duration = args.duration or (4.0 if args.quick else 6.0)
-    args.warmup = 5.0
     return args
 
 

@@ -44,7 +44,7 @@ from handlers.options import parse_options
 from scripts.build import datasets
 from scripts.build.archive import build_archive
 from scripts.build.checks import load_buildable
-from scripts.client.prometheus import Sample, scrape, total
+from scripts.client.prometheus import Sample, scrape, settled_scrape, total
 from scripts.config.model import CONFIG_DIR, ModelSpec
 from scripts.harness import LocalModel, RawRequest
 from scripts.measure.variants import save_results
@@ -183,13 +183,9 @@ def timed_post(url: str, request: RawRequest) -> tuple[requests.Response, float]
 
 def batch_requests(server: LocalServer, model: str, before: list[Sample], wait_s: float = 15) -> int | None:
     """Requests in the forward pass after the lead one, from BatchRequests; None unless there was one."""
-    deadline = time.monotonic() + wait_s
-    while True:  # the frontend reads worker metrics from its log: they arrive shortly after the answers
-        after = scrape(server.metrics_url)
-        batches = _grown(before, after, "BatchRequests_count", model)
-        if batches >= 2 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    after = settled_scrape(server.metrics_url,
+                           lambda samples: _grown(before, samples, "BatchRequests_count", model) >= 2, wait_s)
+    batches = _grown(before, after, "BatchRequests_count", model)
     return int(_grown(before, after, "BatchRequests_sum", model) - 1) if batches == 2 else None
 
 

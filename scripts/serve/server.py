@@ -75,7 +75,7 @@ def wait_until_ready(
         if pending and time.monotonic() > deadline:
             raise TimeoutError(f"not READY after {timeout:.0f}s: {sorted(pending)}; see {log_hint}")
         if pending:
-            time.sleep(0.5)
+            time.sleep(0.2)
 
 
 def curl_line(url: str, example: Example) -> str:

@@ -15,14 +15,16 @@ import pytest
 from scripts.serve.local import LocalServer
 
 MODELS = ("tabular", "digits", "minilm")
-Server = LocalServer
+
+
+Server = LocalServer  # stopped at once (SIGKILL to its group): see LocalServer.stop
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     store = Path("model_store").resolve()
     missing = [name for name in MODELS if not (store / f"{name}.mar").exists()]
     if missing:
         pytest.fail(f"no archives for {missing} in {store}: run `make archive` (or `make test`)")
-    with LocalServer.start(tmp_path_factory.mktemp("torchserve"), store, MODELS) as instance:
+    with Server.start(tmp_path_factory.mktemp("torchserve"), store, MODELS) as instance:
         yield instance

@@ -38,8 +38,8 @@ def test_bench_reports_every_variant(tmp_path: Path) -> None:
 
 def test_tune_writes_a_recommendation(tmp_path: Path) -> None:
     code = tune.main(["--model", "tabular", "--p99-budget-ms", "10000", "--concurrency", "1", "4",
-                      "--batch-sizes", "1", "4", "--delays", "5", "--workers", "1", "--duration", "1.5",
-                      "--rounds", "1", "--out", str(tmp_path)])
+                      "--batch-sizes", "1", "4", "--delays", "5", "--workers", "1", "--duration", "2",
+                      "--warmup", "0", "--rounds", "1", "--out", str(tmp_path)])
     assert code == 0
     recommendation = yaml.safe_load((tmp_path / "tabular" / "recommendation.yaml").read_text())
     assert recommendation["model_config"]["batchSize"] in (1, 4)

@@ -2,14 +2,13 @@
 
 Each test starts a real TorchServe with token authorization on, puts locust on one
 model, and while the load runs calls the real `python -m scripts.serve.server stop`
-(what `make stop` runs) in the server's working directory. The load keeps going for a
-few seconds after the drain began, as a client that has not yet seen readiness turn
-false would, then ends; the drain must wait for it and lose nothing.
+(what `make stop` runs) in the server's working directory. The load keeps going after
+the drain began (for PAST_DRAIN_S, longer than the drain's quiet second), as a client that
+has not yet seen readiness turn false would, then ends; the drain must wait for it and lose nothing.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -22,12 +21,14 @@ from scripts.operate.drain import draining_marker
 from scripts.serve import health
 from scripts.serve.local import LocalServer
 from tests.conftest import FIGURES, ROOT
+from tests.e2e.cli import tsctl
+from tests.e2e.conftest import Server
 from tests.load import BackgroundLoad
 
 pytestmark = pytest.mark.e2e
 STORE = Path("model_store").resolve()
-LOAD_SECONDS = 12   # locust's run; the drain begins DRAIN_AFTER seconds after the first answer
-DRAIN_AFTER = 5
+TRAFFIC = 50  # requests sent before the drain begins, and again after it began
+PAST_DRAIN_S = 2.0  # the load goes on this long after the drain began: more than its 1 s of quiet
 
 
 def make_stop(server: LocalServer) -> subprocess.Popen[str]:
@@ -41,20 +42,22 @@ def make_stop(server: LocalServer) -> subprocess.Popen[str]:
 
 @pytest.mark.parametrize("model", ["tabular", "minilm"])
 def test_make_stop_under_load_answers_every_accepted_request(model: str, tmp_path: Path) -> None:
-    with LocalServer.start(tmp_path / "server", STORE, [model],
+    with Server.start(tmp_path / "server", STORE, [model],
                            extra={"disable_token_authorization": "false"}) as server:
-        token = json.loads(server.key_file.read_text())["inference"]["key"]
-        load = BackgroundLoad.start(server.inference_url, model, tmp_path / "load", LOAD_SECONDS, token=token)
-        time.sleep(DRAIN_AFTER)
-        drain_began = time.time()
-        stopper = make_stop(server)
-        seen_draining = False
-        while stopper.poll() is None:  # readiness false while it drains
+        with BackgroundLoad.start(server, model, tmp_path / "load", 120) as load:
+            load.wait_for(lambda replies: len(replies) >= TRAFFIC, "traffic before the drain")
+            drain_began = time.time()
+            stopper = make_stop(server)
+            load.wait_for(lambda replies: sum(r.sent > drain_began for r in replies) >= TRAFFIC
+                          and max(r.sent for r in replies) > drain_began + PAST_DRAIN_S,
+                          "traffic after the drain began")
+            seen_draining = draining_marker(server.workdir).exists()  # readiness false while it drains
+            result = load.stop()
+        while stopper.poll() is None:
             seen_draining |= draining_marker(server.workdir).exists()
             time.sleep(0.05)
         stopped = time.time()
         output = stopper.stdout.read() if stopper.stdout else ""
-        result = load.result()
         assert stopper.returncode == 0, output
         try:  # wait() returns an exit status or raises: an assert on its value could not fail
             server.process.wait(timeout=60)
@@ -70,27 +73,24 @@ def test_make_stop_under_load_answers_every_accepted_request(model: str, tmp_pat
     FIGURES[f"drain under load ({model})"] = (
         f"{len(accepted_before)} requests accepted before the drain, {len(replies)} in all, "
         f"{len(failed)} failed; make stop took {stopped - drain_began:.1f} s "
-        f"(the load went on {LOAD_SECONDS - DRAIN_AFTER} s past the drain's start)")
+        f"(the load went on {max(r.sent for r in replies) - drain_began:.1f} s past the drain's start)")
 
 
-def test_tsctl_drain_turns_readiness_false_and_undo_turns_it_back(tmp_path: Path) -> None:
-    with LocalServer.start(tmp_path / "server", STORE, ["tabular"]) as server:
-        def tsctl(*args: str) -> subprocess.CompletedProcess[str]:
-            config = str(server.workdir / "config.properties")
-            return subprocess.run([sys.executable, "-m", "scripts.operate.tsctl", "--ts-config", config,
-                                   "--server-dir", str(server.workdir), *args],
-                                  capture_output=True, text=True, timeout=120, check=False)
+def test_tsctl_drain_turns_readiness_false_and_undo_turns_it_back(server: Server) -> None:
+    """On the session's server: the test leaves it as it found it (ready), even when it fails."""
+    def ready() -> tuple[bool, str]:
+        return health.check(server.workdir / "config.properties", server.workdir, live=False, timeout=5)
 
-        def ready() -> tuple[bool, str]:
-            return health.check(server.workdir / "config.properties", server.workdir, live=False, timeout=5)
-
-        assert ready()[0]
-        drained = tsctl("drain", "--drain-timeout", "30")
+    assert ready()[0]
+    try:
+        drained = tsctl(server.workdir, "drain", "--drain-timeout", "30", timeout=120)
         assert drained.returncode == 0 and drained.stdout.startswith("drained in"), drained.stderr
         assert ready() == (False, "not ready: draining (the server finishes what it accepted, then stops)")
         with server.client() as client:  # still serving: a client that ignores readiness is answered
             assert client.predict("tabular", Path("build/examples/tabular.json").read_bytes(),
                                   "application/json").status_code == 200
-        undone = tsctl("drain", "--undo")
+        undone = tsctl(server.workdir, "drain", "--undo", timeout=120)
         assert undone.returncode == 0 and "undone" in undone.stdout
         assert ready()[0]
+    finally:
+        draining_marker(server.workdir).unlink(missing_ok=True)

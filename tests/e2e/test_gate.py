@@ -12,30 +12,20 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from scripts.build import archive
 from scripts.build.store import read_archive
+from scripts.client.rest import KeyFile
 from scripts.serve.local import LocalServer, free_port
+from tests.e2e.cli import run_tsctl
+from tests.e2e.conftest import Server
+from tests.e2e.versions import TABULAR_YAML, tabular_version
 
 pytestmark = pytest.mark.e2e
-TABULAR_YAML = Path("configs/models/tabular.yaml")
-
-
-def swapped_archive(tmp: Path, version: str) -> Path:
-    """tabular at `version` with its class names swapped, through `make archive`'s own step."""
-    text = TABULAR_YAML.read_text().replace('version: "1.0"', f'version: "{version}"')
-    swapped = text.replace("class_names: [malignant, benign]", "class_names: [benign, malignant]")
-    assert swapped != text, "tabular.yaml's class_names changed: update this test's swap"
-    config = tmp / f"tabular-{version}.yaml"
-    config.write_text(swapped)
-    assert archive.main([str(config), "--store", str(tmp / "built")]) == 0
-    return tmp / "built" / "tabular.mar"
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +34,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     store = tmp / "store"
     store.mkdir()
     shutil.copyfile(Path("model_store/tabular.mar"), store / "tabular.mar")
-    shutil.copyfile(swapped_archive(tmp, "2.0"), store / "tabular-2.0.mar")
+    tabular_version(tmp, tmp / "built", "2.0", swap_labels=True)  # wrong on purpose
+    shutil.copyfile(tmp / "built" / "tabular.mar", store / "tabular-2.0.mar")
     extra = {"disable_token_authorization": "false", "enable_model_api": "true"}
-    with LocalServer.start(tmp / "server", store, ["tabular"], extra=extra) as instance:
+    with Server.start(tmp / "server", store, ["tabular"], extra=extra) as instance:
         with instance.client() as client:
             client.register("tabular-2.0.mar")
             versions = {v["modelVersion"]: v for v in client.describe("tabular", "all")}
@@ -55,7 +46,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
 
 
 def inference_key(server: LocalServer) -> str:
-    return str(json.loads(server.key_file.read_text())["inference"]["key"])
+    return str(KeyFile.read(server.key_file).inference)
 
 
 def gate(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -63,8 +54,7 @@ def gate(*args: str, token: str | None = None) -> subprocess.CompletedProcess[st
     env = {key: value for key, value in os.environ.items() if not key.startswith("TORCHSERVE_")}
     if token is not None:
         env["TORCHSERVE_INFERENCE_KEY"] = token
-    command = [sys.executable, "-m", "scripts.operate.tsctl", "--ts-config", "/nonexistent.properties", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, check=False)
+    return run_tsctl("--ts-config", "/nonexistent.properties", *args, env=env, timeout=300)
 
 
 def test_a_good_version_passes_and_a_label_swapped_one_is_refused(server: LocalServer,

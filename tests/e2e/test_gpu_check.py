@@ -23,7 +23,7 @@ def test_without_cuda_it_says_so_and_exits_0(tmp_path: Path, caplog: pytest.LogC
 
 def test_the_cpu_path_measures_in_process_then_served(tmp_path: Path) -> None:
     code = gpu_check.main(["--cpu-only", "--models", "tabular", "--batches", "4", "--rounds", "2",
-                           "--clients", "4", "--seconds", "3", "--out", str(tmp_path)])
+                           "--clients", "4", "--seconds", "2", "--out", str(tmp_path)])
     assert code == 0
     inprocess = json.loads((tmp_path / "gpu-inprocess.json").read_text())["models"]["tabular"]
     assert inprocess["engine"] == "torch on cpu"

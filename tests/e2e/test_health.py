@@ -21,7 +21,9 @@ import requests
 from scripts.client.rest import KeyFile, TorchServeClient
 from scripts.operate.drain import draining_marker
 from scripts.serve import health
+from scripts.serve.keeper import expirations
 from scripts.serve.local import LocalServer
+from tests.e2e.conftest import Server
 
 pytestmark = pytest.mark.e2e
 EXPIRY_MINUTES = 0.1
@@ -48,7 +50,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     """TorchServe serving tabular with token auth on; started here rather than by LocalServer.start,
     whose own readiness wait would stall once its keys expire."""
     workdir = tmp_path_factory.mktemp("health")
-    launched = LocalServer.launch(workdir, Path("model_store").resolve(), ["tabular.mar"], {
+    launched = Server.launch(workdir, Path("model_store").resolve(), ["tabular.mar"], {
         "disable_token_authorization": "false", "enable_model_api": "false",
         "token_expiration_min": str(EXPIRY_MINUTES)})
     with launched as instance:
@@ -83,7 +85,7 @@ def test_not_ready_while_a_model_has_no_ready_worker_yet_live(server: LocalServe
 
 def test_an_expired_management_key_is_renewed(server: LocalServer) -> None:
     keys = KeyFile.read(server.key_file)
-    expires = management_expiry(server.key_file)
+    expires = expirations(json.loads(server.key_file.read_text()))["management"]
     time.sleep(max(0.0, (expires - datetime.now(timezone.utc)).total_seconds()) + 0.5)
     refused = requests.get(f"{server.management_url}/models", timeout=10,
                            headers={"Authorization": f"Bearer {keys.management}"})
@@ -109,9 +111,3 @@ def test_the_command_line(server: LocalServer) -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=60,
                             env={**os.environ, "TS_CONFIG_FILE": str(server.workdir / "config.properties")})
     assert (result.returncode, result.stdout) == (0, "ready: tabular (1 READY)\n")
-
-
-def management_expiry(key_file: Path) -> datetime:
-    """When the management key in TorchServe's key file expires (Java's Instant, UTC)."""
-    stamp = json.loads(key_file.read_text())["management"]["expiration time"]
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))

@@ -21,12 +21,14 @@ from pathlib import Path
 import pytest
 import requests
 
+from scripts.client.prometheus import settled_scrape, total
 from scripts.deploy import kserve
 from scripts.deploy.facts import read_all
 from scripts.serve.local import LocalServer, free_port, wait_until_answering
 from scripts.serve.server import torchserve_command
 from tests.battery import check_good, good_calls
 from tests.conftest import FIGURES
+from tests.e2e.conftest import Server
 from tests.helpers import SENTENCES, sentence_transformers_embeddings
 
 pytestmark = pytest.mark.e2e
@@ -62,7 +64,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     with (workdir / "console.log").open("wb") as console:
         process = subprocess.Popen(command, cwd=workdir, env=env, stdout=console, stderr=subprocess.STDOUT,
                                    start_new_session=True)
-    server = LocalServer(workdir, addresses, process)
+    server = Server(workdir, addresses, process)
     try:
         wait_until_answering(lambda: requests.get(f"{server.management_url}/models", timeout=5)
                              .raise_for_status(), process, timeout=120, what="the bundle's TorchServe")
@@ -86,7 +88,7 @@ def wait_until_wrapper_ready(server: LocalServer, names: list[str], timeout: flo
     while not all(wrapper_ready(server, name) for name in names):
         if server.process.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"not READY as the wrapper sees it: {names}; see {server.workdir}/logs")
-        time.sleep(1)
+        time.sleep(0.2)
 
 
 def test_every_model_answers_every_route_with_no_token(runtime: LocalServer) -> None:
@@ -95,16 +97,8 @@ def test_every_model_answers_every_route_with_no_token(runtime: LocalServer) -> 
     assert {call.call.model for call in calls} == {model.name for model in read_all()}
     embeddings = dict(zip(SENTENCES, sentence_transformers_embeddings(SENTENCES), strict=True))
     for good in calls:
-        call = good.call
-        url = runtime.inference_url + call.path()
-        if call.form:
-            files = [(f.name, (f.name if f.content_type else None, f.value, f.content_type))
-                     for f in call.form]
-            answer = requests.post(url, files=files, timeout=60)
-        else:
-            answer = requests.post(url, data=call.body, headers={"Content-Type": call.content_type},
-                                   timeout=60)
-        assert answer.status_code == 200, (call.model, call.route, answer.text)
+        answer = good.call.send(runtime.inference_url)
+        assert answer.status_code == 200, (good.call.model, good.call.route, answer.text)
         check_good(good, answer.json(), embeddings)
 
 
@@ -126,7 +120,8 @@ def test_the_bundles_metrics_config_is_the_one_in_use(runtime: LocalServer) -> N
     answer = requests.post(f"{runtime.inference_url}/predictions/tabular", json={"features": [0.0] * 30},
                            timeout=60)
     assert answer.status_code == 200, answer.text
-    time.sleep(1)  # a worker's metric lines reach the frontend just after the response
+    settled_scrape(runtime.metrics_url,
+                   lambda samples: total(samples, "HandlerResponses_total", ModelName="tabular") > 0)
     text = requests.get(f"{runtime.metrics_url}/metrics", timeout=10).text
     assert "\nts_inference_requests_total{" in text
     assert "\nBatchRequests_sum{" in text and "\nHandlerResponses_total{" in text, text[:500]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,23 +11,12 @@ import requests
 import torch
 
 from scripts.build import datasets
-from scripts.client.prometheus import Sample, histogram_mean, scrape, total
+from scripts.client.prometheus import histogram_mean, scrape, settled_scrape, total
 from tests.conftest import FIGURES
 from tests.e2e.conftest import Server
 
 pytestmark = pytest.mark.e2e
 TABULAR = {"ModelName": "tabular", "ModelVersion": "1.0"}
-
-
-def settled_scrape(server: Server, done: Callable[[list[Sample]], bool], timeout: float = 15) -> list[Sample]:
-    """Scrape until `done` holds: workers' metrics reach the frontend through their log stream,
-    a little after the responses."""
-    deadline = time.monotonic() + timeout
-    while True:
-        samples = scrape(server.metrics_url)
-        if done(samples) or time.monotonic() > deadline:
-            return samples
-        time.sleep(0.2)
 
 
 def test_handler_metrics_after_concurrent_traffic(server: Server) -> None:
@@ -45,8 +32,8 @@ def test_handler_metrics_after_concurrent_traffic(server: Server) -> None:
         statuses = list(pool.map(post, bodies))
     assert statuses.count(200) == 96 and statuses.count(400) == 8
     responses_before = total(before, "HandlerResponses_total", **TABULAR)
-    after = settled_scrape(
-        server, lambda samples: total(samples, "HandlerResponses_total", **TABULAR) - responses_before >= 104)
+    after = settled_scrape(server.metrics_url, lambda samples:
+                           total(samples, "HandlerResponses_total", **TABULAR) - responses_before >= 104)
 
     raw = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
     # Exported under the declared names (what a real Prometheus stores), not the parser's.

@@ -29,10 +29,11 @@ from scripts.build import archive, datasets
 from scripts.build.models import digit_png
 from scripts.client.backoff import NO_RETRY, Backoff
 from scripts.client.rest import OVERLOAD_TEXT, Overloaded, TorchServeClient
-from scripts.measure.loadgen import Workload, run_load
+from scripts.measure.loadgen import Reply, Workload, read_replies, run_load
+from scripts.measure.overload import worker_state
 from scripts.operate import tsctl
 from scripts.serve.local import LocalServer
-from tests.load import Reply, read_replies
+from tests.e2e.conftest import Server
 
 pytestmark = pytest.mark.e2e
 QUEUE = 2
@@ -63,7 +64,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(config: Path) -> Iterator[LocalServer]:
     store = config.parent / "store"
     assert archive.main([str(config), "--store", str(store)]) == 0
-    with LocalServer.start(config.parent / "server", store, ["digits"]) as instance:
+    with Server.start(config.parent / "server", store, ["digits"]) as instance:
         yield instance
 
 
@@ -78,10 +79,6 @@ def flood(server: LocalServer, workdir: Path) -> tuple[ThreadPoolExecutor, objec
         assert time.monotonic() < deadline and not future.done(), "locust sent nothing"
         time.sleep(0.2)
     return pool, future, replies
-
-
-def worker_pids(client: TorchServeClient) -> list[tuple[int, str]]:
-    return [(worker["pid"], worker["status"]) for worker in client.describe("digits")[0]["workers"]]
 
 
 def first_refusal(server: LocalServer, body: bytes) -> Overloaded:
@@ -108,15 +105,14 @@ def test_the_archive_carries_the_queue_limit_and_torchserve_applies_it(server: L
 
 def test_a_flood_is_refused_fast_as_queue_full_and_the_worker_stays_ready(
         server: LocalServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with server.client() as client:
-        before = worker_pids(client)
+    before = worker_state(server, "digits")
     assert [status for _, status in before] == ["READY"]
     pool, future, replies_file = flood(server, tmp_path)
     try:
         refused = first_refusal(server, big_digit(5))
         assert refused.status == 503 and OVERLOAD_TEXT in refused.message
-        with server.client() as client:
-            assert worker_pids(client) == before  # READY while it refuses: the queue is full, not the worker
+        # READY while it refuses: the queue is full, not the worker
+        assert worker_state(server, "digits") == before
         # A client with backoff, started while the queue is full, keeps re-sending until it is served.
         caplog.set_level(logging.INFO, logger="scripts.client.rest")
         patient = Backoff(attempts=200, total_seconds=40, base_seconds=0.05, max_pause_seconds=0.5)
@@ -135,8 +131,7 @@ def test_a_flood_is_refused_fast_as_queue_full_and_the_worker_stays_ready(
     served = statistics.median(r.answered - r.sent for r in by_status[200])
     refused_fast = statistics.median(r.answered - r.sent for r in by_status[503])
     assert refused_fast < served / 4, (refused_fast, served)  # refused at once, not after the queue
-    with server.client() as client:
-        assert worker_pids(client) == before  # same process, READY: no restart
+    assert worker_state(server, "digits") == before  # same process, READY: no restart
 
 
 def test_tsctl_gate_says_overloaded_when_the_retries_run_out(

@@ -41,6 +41,7 @@ from scripts.client.prometheus import Sample, total
 from scripts.deploy.autoscaling import GROUP_BY, LABEL_MATCHERS, adapter_rule, read_metric
 from scripts.deploy.monitor import INSTALL, Prometheus
 from scripts.serve.local import LocalServer, free_port
+from tests.e2e.conftest import Server
 from tests.prerequisites import prometheus_missing
 
 pytestmark = pytest.mark.e2e
@@ -116,7 +117,7 @@ def stack(prometheus_binary: None, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[tuple[LocalServer, Prometheus]]:
     tmp = tmp_path_factory.mktemp("monitoring")
     (tmp / "prometheus").mkdir()
-    with LocalServer.start(tmp / "server", Path("model_store").resolve(), ["tabular"]) as server, \
+    with Server.start(tmp / "server", Path("model_store").resolve(), ["tabular"]) as server, \
             Prometheus.start(tmp / "prometheus", server.metrics_url, free_port(), labels=POD) as prometheus:
         prometheus.wait_scraped()
         yield server, prometheus

@@ -15,8 +15,9 @@ import pytest
 import requests
 
 from scripts.build import datasets
-from scripts.client.prometheus import histogram_mean, scrape
-from tests.battery import Bad, Call, Good, bad_calls, check_bad, check_good, good_calls
+from scripts.client.prometheus import Sample, histogram_mean, scrape, settled_scrape, total
+from scripts.measure.overload import worker_state
+from tests.battery import Bad, Good, bad_calls, check_bad, check_good, good_calls
 from tests.conftest import FIGURES
 from tests.e2e.conftest import MODELS, Server
 from tests.helpers import SENTENCES, reference_tabular, sentence_transformers_embeddings
@@ -26,18 +27,13 @@ CONCURRENCY = 16
 BATCH_LINE = re.compile(r"batch: (\d+) requests, (\d+) rejected before inference")
 
 
-def send(server: Server, call: Call) -> requests.Response:
-    url = server.inference_url + call.path()
-    if call.form:  # a file part has a content type; a plain field has neither filename nor type
-        files = [(f.name, (f.name if f.content_type else None, f.value, f.content_type)) for f in call.form]
-        return requests.post(url, files=files, timeout=60)
-    headers = {"Content-Type": call.content_type, **dict(call.headers)}
-    return requests.post(url, data=call.body, headers=headers, timeout=60)
-
-
 def worker_pids(server: Server) -> dict[str, list[int]]:
-    with server.client() as client:
-        return {m: sorted(w["pid"] for v in client.describe(m) for w in v["workers"]) for m in MODELS}
+    return {model: [pid for pid, _ in worker_state(server, model)] for model in MODELS}
+
+
+def handled(samples: list[Sample]) -> float:
+    """Responses our handlers counted, all models."""
+    return sum(total(samples, "HandlerResponses_total", ModelName=model) for model in MODELS)
 
 
 def log_since(log: Path, offset: int) -> str:
@@ -51,6 +47,11 @@ def batches_logged(text: str) -> list[tuple[int, int]]:
     return [(int(m[1]), int(m[2])) for m in BATCH_LINE.finditer(text)]
 
 
+def mixed_batches(text: str) -> list[tuple[int, int]]:
+    """The logged batches that held both good and bad requests."""
+    return [(size, rejected) for size, rejected in batches_logged(text) if 0 < rejected < size]
+
+
 def test_battery_rides_in_batches_with_good_requests_and_workers_survive(server: Server) -> None:
     bad, good = bad_calls(), good_calls()
     goods = itertools.cycle(good)
@@ -61,7 +62,7 @@ def test_battery_rides_in_batches_with_good_requests_and_workers_survive(server:
     before, metrics_before = worker_pids(server), scrape(server.metrics_url)
 
     with ThreadPoolExecutor(CONCURRENCY) as pool:
-        answers = list(pool.map(lambda item: send(server, item.call), wave))
+        answers = list(pool.map(lambda item: item.call.send(server.inference_url), wave))
 
     for item, answer in zip(wave, answers, strict=True):
         if isinstance(item, Bad):
@@ -70,14 +71,17 @@ def test_battery_rides_in_batches_with_good_requests_and_workers_survive(server:
             assert answer.status_code == 200, (item.call.model, item.call.route, answer.text)
             check_good(item, answer.json(), embeddings)
     assert worker_pids(server) == before
-    time.sleep(1)  # workers' log lines and metrics reach the frontend a little after the responses
-    logged = log_since(log, offset)
+    # Workers' metrics and log lines reach the frontend a little after the responses: wait for every
+    # response to be counted, then for the log to show a mixed batch (or give up after a deadline).
+    metrics_after = settled_scrape(server.metrics_url,
+                                   lambda samples: handled(samples) - handled(metrics_before) >= len(wave))
+    deadline = time.monotonic() + 10
+    while not mixed_batches(logged := log_since(log, offset)) and time.monotonic() < deadline:
+        time.sleep(0.1)
     # Client mistakes are logged at INFO; only handler bugs take these paths (with a traceback).
     assert "unexpected error" not in logged and "forward pass failed" not in logged
     # Handlers log each batch that had rejections; every batch's size is in the metrics.
-    batches = batches_logged(logged)
-    mixed = [(size, rejected) for size, rejected in batches if 0 < rejected < size]
-    metrics_after = scrape(server.metrics_url)
+    batches, mixed = batches_logged(logged), mixed_batches(logged)
     mean_batch = {model: histogram_mean(metrics_before, metrics_after, "BatchRequests", ModelName=model)
                   for model in MODELS}
     FIGURES["battery"] = (f"{len(bad)} distinct bad requests x3 with {2 * len(wave) // 3} good ones; "

@@ -5,7 +5,7 @@ whose warm-up cannot fit its startupTimeout is named within it.
 Each test runs the real `python -m scripts.serve.server start` (what `make serve` runs)
 in a private working directory (its logs/, key_file.json and keeper), with its own
 TMPDIR (TorchServe's pid file) and free loopback ports, against a private model store.
-Version 2.0 is built with the real archive step, as tests/e2e/test_rollout.py does.
+Version 2.0 is built with the real archive step (tests/e2e/versions.py), as the rollout tests do.
 """
 
 from __future__ import annotations
@@ -26,20 +26,21 @@ import pytest
 import requests
 import yaml
 
-from scripts.build import archive
 from scripts.build import store as layout
 from scripts.build.store import MANIFEST, check_archive, read_archive
 from scripts.client.rest import KeyFile, TorchServeClient
 from scripts.serve.local import free_port, write_properties
 from scripts.serve.server import wait_until_ready
 from scripts.serve.startup import CannotLoad, LoadWatch, startup_budgets
-from tests.conftest import FIGURES
+from tests.conftest import FIGURES, ROOT
+from tests.e2e.cli import tsctl
+from tests.e2e.versions import tabular_version
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
-TABULAR_YAML = ROOT / "configs/models/tabular.yaml"
 SLOW_HANDLER = ROOT / "tests/fixtures/slow_warmup.py"
-SLOW_WAIT_S = 20  # the slowed warm-up: longer than tabular and digits take to become READY beside it
+# The slowed warm-up: longer than the start's interval between warming lines (so one falls inside it,
+# whenever the worker comes up), and than tabular and digits take to become READY beside it.
+SLOW_WAIT_S = LoadWatch.every + 4
 TOO_SLOW_BUDGET = 5  # the startupTimeout of a model whose warm-up waits 60 s
 
 
@@ -123,9 +124,8 @@ class ServeDir:
         return alive
 
     def clean_up(self) -> None:
-        """Whatever a failed test left: `make stop`'s path first, then SIGKILL to the groups and keeper."""
-        if self.running():
-            self.stop()
+        """Whatever a test left running, ended at once (SIGKILL to the start's groups and the keeper):
+        the tests that need `make stop`'s path call `stop()` themselves."""
         for group in self.running():
             os.killpg(group, signal.SIGKILL)
         keeper = self.cwd / "logs" / "keeper.pid"
@@ -134,6 +134,9 @@ class ServeDir:
                 os.killpg(int(keeper.read_text()), signal.SIGKILL)
             except (ProcessLookupError, ValueError):
                 pass
+        deadline = time.monotonic() + 30
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def default_version(self, model: str) -> str:
         answer = requests.get(f"{self.properties['management_address']}/models/{model}", timeout=30)
@@ -166,23 +169,13 @@ def serve_dir(tmp_path: Path) -> Iterator[ServeDir]:
 def with_candidate(tmp_path: Path, store: Path) -> Path:
     """tabular 1.0 (the chosen default) at the top of `store`, a real 2.0 build under .versions/."""
     built = tmp_path / "built"
-    text = TABULAR_YAML.read_text().replace('version: "1.0"', 'version: "2.0"')
-    config = tmp_path / "tabular-2.0.yaml"
-    config.write_text(text)
-    assert archive.main([str(config), "--store", str(built)]) == 0
+    tabular_version(tmp_path, built, "2.0")
     candidate = layout.version_archive(store, "tabular", "2.0")
     shutil.copyfile(layout.version_archive(built, "tabular", "2.0"), candidate)
     shutil.copyfile(ROOT / "model_store/tabular.mar", store / "tabular.mar")
     shutil.copyfile(ROOT / "model_store/tabular.mar", layout.version_archive(store, "tabular", "1.0"))
     assert check_archive(candidate).version == "2.0" and check_archive(store / "tabular.mar").version == "1.0"
     return candidate
-
-
-def tsctl(place: ServeDir, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "scripts.operate.tsctl", "--ts-config",
-               str(place.cwd / "config.properties"), "--server-dir", str(place.cwd), *args]
-    return subprocess.run(command, cwd=place.cwd, env=place.env, capture_output=True, text=True, timeout=600,
-                          check=False)
 
 
 def test_the_chosen_default_serves_after_a_start_a_registration_and_a_restart(
@@ -197,7 +190,8 @@ def test_the_chosen_default_serves_after_a_start_a_registration_and_a_restart(
 
     # an operator registers the candidate from the top of the store, as TorchServe requires
     shutil.copyfile(layout.version_archive(store, "tabular", "2.0"), store / "tabular-2.0.mar")
-    registered = tsctl(serve_dir, "register", str(store / "tabular-2.0.mar"))
+    registered = tsctl(serve_dir.cwd, "register", str(store / "tabular-2.0.mar"), cwd=serve_dir.cwd,
+                       env=serve_dir.env)
     assert registered.returncode == 0, registered.stderr
     assert serve_dir.versions("tabular") == ["1.0", "2.0"] and serve_dir.default_version("tabular") == "1.0"
     # tsctl moved it under .versions/, so only the default's archive is at the top

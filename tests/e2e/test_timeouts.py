@@ -17,6 +17,7 @@ import pytest
 from scripts.build import datasets
 from scripts.config.model import CONFIG_DIR, ModelSpec, load_spec
 from scripts.harness import RawRequest
+from scripts.measure.overload import worker_state
 from scripts.measure.worst_batch import (
     burst,
     digits_request,
@@ -39,8 +40,7 @@ def spec_of(model: str) -> ModelSpec:
 
 
 def worker_pids(server: Server, model: str) -> list[int]:
-    with server.client() as client:
-        return sorted(worker["pid"] for entry in client.describe(model) for worker in entry["workers"])
+    return [pid for pid, _ in worker_state(server, model)]
 
 
 @pytest.mark.parametrize("model", BUDGETED)
@@ -52,8 +52,11 @@ def test_worst_legal_batch_answers_within_the_response_timeout(server: Server, m
     assert described["responseTimeout"] == timeout_s, "model_store/ is older than the YAML: make archive"
     worst = worst_request(spec).request
     pids = worker_pids(server, model)
-    sent = burst(server, model, worst, [worst] * batch_size)
-    assert [r.status_code for r in sent.responses] == [200] * batch_size
+    for _ in range(3):  # the batch must queue behind a busy worker; on a loaded machine it may not
+        sent = burst(server, model, worst, [worst] * batch_size)
+        assert [r.status_code for r in sent.responses] == [200] * batch_size
+        if sent.requests_in_batch is not None:
+            break
     assert sent.requests_in_batch == batch_size, "the requests did not reach the worker as one batch"
     assert sent.batch_s < timeout_s
     assert worker_pids(server, model) == pids

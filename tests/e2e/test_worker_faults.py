@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,14 +25,20 @@ import yaml
 
 from handlers.errors import OutOfResources
 from scripts.build.store import read_archive
+from scripts.client.rest import TorchServeError
+from scripts.measure.loadgen import Reply
+from scripts.measure.overload import worker_state
 from scripts.serve.local import LocalServer
 from tests.conftest import FIGURES
+from tests.e2e.cli import tsctl
+from tests.e2e.conftest import Server
 from tests.e2e.shipped import PRODUCTION, shipped_properties
-from tests.load import BackgroundLoad, Reply
+from tests.load import BackgroundLoad
 
 pytestmark = pytest.mark.e2e
 BATCH_SIZE = 16  # tabular's batchSize: the most requests one batch in flight holds
 WORKER_DIED = {"code": 507, "type": "InternalServerException", "message": "Worker died."}
+TRAFFIC = 100  # requests answered before the fault, and by the workers that replace the old one
 
 
 @pytest.fixture(scope="module")
@@ -44,27 +49,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     (root / "store").mkdir()
     shutil.copyfile("model_store/tabular.mar", root / "store" / "tabular.mar")
     extra = shipped_properties(PRODUCTION)
-    with LocalServer.start(root / "server", root / "store", ["tabular"], extra=extra) as instance:
+    with Server.start(root / "server", root / "store", ["tabular"], extra=extra) as instance:
         yield instance
 
 
-def management(server: LocalServer, path: str) -> list[dict[str, object]]:
-    key = json.loads(server.key_file.read_text())["management"]["key"]
-    response = requests.get(f"{server.management_url}{path}", timeout=10,
-                            headers={"Authorization": f"Bearer {key}"})
-    response.raise_for_status()
-    return list(response.json())
-
-
-def worker_pids(server: LocalServer, ready: bool = True) -> list[int]:
-    """The pids of the default version's workers (READY ones only, unless ready=False)."""
-    (entry,) = management(server, "/models/tabular")
-    return [int(w["pid"]) for w in entry["workers"] if w["status"] == "READY" or not ready]  # type: ignore
-
-
-def under_load(server: LocalServer, workdir: Path, seconds: float) -> BackgroundLoad:
-    token = json.loads(server.key_file.read_text())["inference"]["key"]
-    return BackgroundLoad.start(server.inference_url, "tabular", workdir, seconds, token=token)
+def worker_pids(server: LocalServer) -> list[int]:
+    """The pids of the default version's READY workers."""
+    return [pid for pid, status in worker_state(server, "tabular") if status == "READY"]
 
 
 def failure_bodies(workdir: Path) -> list[str]:
@@ -79,14 +70,18 @@ def failure_bodies(workdir: Path) -> list[str]:
 def test_a_killed_worker_fails_only_its_batch_with_torchserves_507(server: LocalServer,
                                                                     tmp_path: Path) -> None:
     (victim,) = worker_pids(server)
-    with under_load(server, tmp_path, seconds=20) as load:
-        time.sleep(3)
+    # at most 120 s: stopped once the new worker answers
+    with BackgroundLoad.start(server, "tabular", tmp_path, seconds=120) as load:
+        load.wait_for(lambda replies: len(replies) >= TRAFFIC, "traffic on the worker before the kill")
         killed_at = time.time()
         os.kill(victim, signal.SIGKILL)
         while not [pid for pid in worker_pids(server) if pid != victim]:
             assert time.time() - killed_at < 90, "no new READY worker within 90 s of the SIGKILL"
             time.sleep(0.1)
         ready_after = time.time() - killed_at
+        load.wait_for(lambda replies: sum(r.status == 200 and r.answered > killed_at + ready_after
+                                          for r in replies) >= TRAFFIC, "answers from the new worker")
+        load.stop()
     replies = load.replies()
     failed = [reply for reply in replies if reply.status != 200]
     assert 1 <= len(failed) <= BATCH_SIZE, f"{len(failed)} failed of {len(replies)}"
@@ -109,17 +104,14 @@ def watch_ready(server: LocalServer, stop: threading.Event, seen: list[int | Exc
     while not stop.is_set():
         try:
             seen.append(len(worker_pids(server)))
-        except requests.RequestException as error:
+        except (requests.RequestException, TorchServeError) as error:
             seen.append(error)
         time.sleep(0.2)
 
 
 def recycle(server: LocalServer, config: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "scripts.operate.tsctl", "--json",
-               "--ts-config", str(server.workdir / "config.properties"), "--server-dir", str(server.workdir),
-               "--log", str(server.workdir / "rollout.jsonl"), "recycle", "tabular", "--if-over",
-               "--config", str(config)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=400, check=False)
+    return tsctl(server.workdir, "--json", "recycle", "tabular", "--if-over", "--config", str(config),
+                 log=server.workdir / "rollout.jsonl", timeout=400)
 
 
 def policy(tmp_path: Path, max_rss_mb: float) -> Path:
@@ -140,13 +132,17 @@ def test_recycling_under_load_replaces_the_worker_and_fails_nothing(server: Loca
     ready_counts: list[int | Exception] = []
     stop = threading.Event()
     watcher = threading.Thread(target=watch_ready, args=(server, stop, ready_counts))
-    with under_load(server, tmp_path, seconds=50) as load:
+    # at most 120 s: stopped once the new workers answer
+    with BackgroundLoad.start(server, "tabular", tmp_path, seconds=120) as load:
         watcher.start()
         started = time.time()
         done = recycle(server, policy(tmp_path, 1))
         finished = time.time()
         stop.set()
         watcher.join()
+        load.wait_for(lambda replies: sum(r.sent > finished for r in replies) >= TRAFFIC,
+                      "traffic after the recycle")
+        load.stop()
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     replies: list[Reply] = load.replies()
@@ -158,7 +154,8 @@ def test_recycling_under_load_replaces_the_worker_and_fails_nothing(server: Loca
     assert result["old_pids"] == [before] and worker_pids(server) == result["new_pids"] != [before]
     assert ready_counts and all(isinstance(n, int) and n >= 1 for n in ready_counts), ready_counts
     assert {reply.version for reply in during} <= {"1.0", "1.0-recycle"}
-    assert [entry["modelVersion"] for entry in management(server, "/models/tabular/all")] == ["1.0"]
+    with server.client() as client:
+        assert [entry["modelVersion"] for entry in client.describe("tabular", "all")] == ["1.0"]
     store = Path(server.properties["model_store"])
     assert sorted(path.name for path in store.iterdir()) == ["tabular.mar"]
     assert read_archive(store / "tabular.mar").version == "1.0"

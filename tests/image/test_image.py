@@ -41,14 +41,8 @@ EXAMPLES = [Call("tabular", Path("build/examples/tabular.json").read_bytes()),
 
 def send(base_url: str, call: Call, token: str | None = None,
          session: requests.Session | None = None) -> requests.Response:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    post = (session or requests).post
-    url = base_url + call.path()
-    if call.form:  # a file part has a content type; a plain field has neither filename nor type
-        files = [(f.name, (f.name if f.content_type else None, f.value, f.content_type)) for f in call.form]
-        return post(url, files=files, headers=headers, timeout=120)
-    headers.update({"Content-Type": call.content_type, **dict(call.headers)})
-    return post(url, data=call.body, headers=headers, timeout=120)
+    """The call to the container (a model's first answer there may take its warm-up)."""
+    return call.send(base_url, token, session, timeout=120)
 
 
 def same(ours: Any, theirs: Any, where: str = "") -> list[str]:

@@ -40,5 +40,11 @@ def test_pacing_keeps_each_users_interval_twice_the_longest_accepted_wait() -> N
 def test_replies_are_read_from_the_locustfile_format(tmp_path: Path) -> None:
     record = tmp_path / "replies.txt"
     record.write_text("1.000000 1.250000 200 1.0\n2.000000 2.001000 503 -\n")
-    assert read_replies(record) == [Reply(1.0, 1.25, 200), Reply(2.0, 2.001, 503)]
+    assert read_replies(record) == [Reply(1.0, 1.25, 200, "1.0"), Reply(2.0, 2.001, 503)]
     assert read_replies(tmp_path / "absent.txt") == []
+
+
+def test_a_line_locust_is_still_writing_waits_for_the_next_read(tmp_path: Path) -> None:
+    record = tmp_path / "replies.txt"
+    record.write_text("1.000000 1.250000 200 1.0\n2.000000 2.0")
+    assert read_replies(record) == [Reply(1.0, 1.25, 200, "1.0")]

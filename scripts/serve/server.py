@@ -10,7 +10,7 @@ without a key, keys renewed before they expire), prints a working curl line per
 model and tries each one.
 Before starting, `start` checks every archive TorchServe will load (scripts/build/store.py:
 a damaged or foreign one, or two archives of one model, stop it with exit 2). While
-waiting, a model still loading is shown as warming every 10 s, with the last line its
+waiting, a model still loading is shown as warming every 5 s, with the last line its
 worker logged. A model is named as unable to load only on evidence: its worker died
 while loading, crash-loops, or its own startupTimeout (its archive's model-config)
 passed; never for being slower than the others. It is named with its worker log's

@@ -146,7 +146,7 @@ class LoadWatch:
     whole_log: bool = False
     restarts: int = 2
     slack: float = 10.0
-    every: float = 10.0
+    every: float = 5.0
     clock: Callable[[], float] = time.monotonic
     _log: WorkerLog | None = field(init=False, default=None)
     _seen: dict[str, float] = field(init=False, default_factory=dict)  # first described at

@@ -3,7 +3,9 @@
 A real Prometheus (Debian's 2.42, installed by scripts/deploy/install_prometheus.sh)
 runs configs/monitoring/prometheus.yml, with the target rewritten to a private
 TorchServe's metrics port. The target also gets the `namespace` and `pod` labels that
-Kubernetes pod discovery attaches, because the autoscaler's query groups by pod.
+Kubernetes pod discovery attaches, because the autoscaler's query groups by pod. It scrapes
+every second rather than the shipped 5 s: the test waits for scrapes, and the tolerances
+below hold at any interval.
 The test sends a known load: good requests of one and of four rows, and malformed
 ones of three kinds. Each query must return series whose values agree with what was
 sent, or with TorchServe's own counters where only the server knows the value
@@ -39,7 +41,7 @@ import yaml
 from scripts.build import datasets
 from scripts.client.prometheus import Sample, total
 from scripts.deploy.autoscaling import GROUP_BY, LABEL_MATCHERS, adapter_rule, read_metric
-from scripts.deploy.monitor import INSTALL, Prometheus
+from scripts.deploy.monitor import INSTALL, SCRAPE_CONFIG, Prometheus
 from scripts.serve.local import LocalServer, free_port
 from tests.e2e.conftest import Server
 from tests.prerequisites import prometheus_missing
@@ -117,8 +119,13 @@ def stack(prometheus_binary: None, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[tuple[LocalServer, Prometheus]]:
     tmp = tmp_path_factory.mktemp("monitoring")
     (tmp / "prometheus").mkdir()
+    shipped = yaml.safe_load(SCRAPE_CONFIG.read_text())
+    shipped["global"]["scrape_interval"] = "1s"
+    source = tmp / "prometheus-1s.yml"
+    source.write_text(yaml.safe_dump(shipped, sort_keys=False))
     with Server.start(tmp / "server", Path("model_store").resolve(), ["tabular"]) as server, \
-            Prometheus.start(tmp / "prometheus", server.metrics_url, free_port(), labels=POD) as prometheus:
+            Prometheus.start(tmp / "prometheus", server.metrics_url, free_port(), source=source,
+                             labels=POD) as prometheus:
         prometheus.wait_scraped()
         yield server, prometheus
 

@@ -48,7 +48,7 @@ def write(log: Path, model: str, *texts: str, port: int = 9000) -> None:
 
 def test_a_model_warming_for_ten_minutes_while_the_others_are_ready_is_not_failed(tmp_path: Path) -> None:
     log, clock = tmp_path / "model_log.log", Clock()
-    watch = LoadWatch({"minilm": 900.0, "tabular": 120.0}, model_log=log, clock=clock)
+    watch = LoadWatch({"minilm": 900.0, "tabular": 120.0}, model_log=log, clock=clock, every=10.0)
     write(log, "tabular", STARTED, "warm-up: batch sizes [1, 2, 4] x 1 input shapes in 0.1s", port=9001)
     write(log, "minilm", STARTED, "model_name: minilm, batchSize: 16")
     lines = []

@@ -137,6 +137,11 @@ def is_auth_failure(response: requests.Response) -> bool:
         response.status_code == 400 and "Token Authorization failed" in response.text)
 
 
+def _not_a_key_file(path: Path, error: Exception) -> ValueError:
+    return ValueError(f"{path} is not TorchServe's key file ({error!r}); TorchServe rewrites it at start: "
+                      "do not edit it")
+
+
 @dataclass(frozen=True)
 class KeyFile:
     """The tokens for the inference and management APIs, and the key file they came from.
@@ -150,17 +155,28 @@ class KeyFile:
     api: str | None = None
 
     @classmethod
-    def read(cls, path: Path) -> KeyFile:
-        """The keys in TorchServe's key_file.json; no keys when the file is absent (auth off)."""
-        if not path.exists():
-            return cls(source=path)
-        try:
-            keys = json.loads(path.read_text())
-            return cls(keys["inference"]["key"], keys["management"]["key"], path,
-                       (keys.get("API") or {}).get("key"))
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{path} is not TorchServe's key file ({error!r}); TorchServe rewrites it "
-                             "at start: do not edit it") from None
+    def read(cls, path: Path, torn_wait_s: float = 1.0) -> KeyFile:
+        """The keys in TorchServe's key_file.json; no keys when the file is absent (auth off).
+
+        TorchServe rewrites the file in place each time a key is renewed, so a read can land
+        between its truncation and its write: text that is not JSON is read again for up to
+        `torn_wait_s` before it counts as damage. (Found by a soak with 6 s keys: a client
+        re-reading its keys after a 400 got an empty file.)
+        """
+        deadline = time.monotonic() + torn_wait_s
+        while True:
+            if not path.exists():
+                return cls(source=path)
+            try:
+                keys = json.loads(path.read_text())
+                return cls(keys["inference"]["key"], keys["management"]["key"], path,
+                           (keys.get("API") or {}).get("key"))
+            except json.JSONDecodeError as error:
+                if time.monotonic() > deadline:
+                    raise _not_a_key_file(path, error) from None
+                time.sleep(0.02)
+            except (KeyError, TypeError) as error:
+                raise _not_a_key_file(path, error) from None
 
     @classmethod
     def resolve(cls, path: Path, environ: Mapping[str, str] = os.environ) -> KeyFile:

@@ -1,7 +1,9 @@
-"""The keeper's pieces: key expiry arithmetic, the cached check, and its HTTP answers."""
+"""The keeper's pieces: key expiry arithmetic, the cached check, and its HTTP answers; and the key
+file as a client reads it while the keeper has TorchServe rewrite it."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from scripts.client.rest import KeyFile
 from scripts.serve.keeper import (
     CachedCheck,
     KeyRenewer,
@@ -105,3 +108,25 @@ def test_the_keeper_leaves_once_torchserve_is_gone_but_not_before_it_came() -> N
 
     watch_server(alive, threading.Event(), every=0, gone_after=3)
     assert len(checks) == 7  # left after the third miss in a row, not during the start
+
+
+def test_a_key_file_caught_mid_rewrite_is_read_again(tmp_path: Path) -> None:
+    """TorchServe truncates key_file.json, then writes it: a read in between sees an empty file."""
+    path = tmp_path / "key_file.json"
+    path.write_text("")
+    document = {"inference": {"key": "i"}, "management": {"key": "m"}, "API": {"key": "a"}}
+    writer = threading.Timer(0.2, lambda: path.write_text(json.dumps(document)))
+    writer.start()
+    try:
+        assert KeyFile.read(path) == KeyFile("i", "m", path, "a")
+    finally:
+        writer.join()
+
+
+@pytest.mark.parametrize("text", ["{", json.dumps({"inference": {"key": "i"}})])
+def test_a_key_file_that_stays_damaged_is_named(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "key_file.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="is not TorchServe's key file"):
+        KeyFile.read(path, torn_wait_s=0.1)
+

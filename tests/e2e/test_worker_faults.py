@@ -1,7 +1,8 @@
 """Worker faults against a real TorchServe under configs/production.properties and locust load.
 
-- SIGKILL of the worker: only its batch in flight fails, with TorchServe's own 507
-  "Worker died." (a body our handlers never write), and a new worker answers soon.
+- SIGKILL of the worker: only its batch in flight fails, with TorchServe's own
+  "Worker died." (a body our handlers never write): 507, or 500 when the frontend saw the
+  connection close before the exit code (docs/operations.md), and a new worker answers soon.
 - `tsctl recycle --if-over` with a limit the worker is over: the workers are replaced
   through a stand-in version (scripts/operate/handoff.py) and no request fails.
 """
@@ -37,7 +38,7 @@ from tests.load import BackgroundLoad
 
 pytestmark = pytest.mark.e2e
 BATCH_SIZE = 16  # tabular's batchSize: the most requests one batch in flight holds
-WORKER_DIED = {"code": 507, "type": "InternalServerException", "message": "Worker died."}
+WORKER_DIED = {"type": "InternalServerException", "message": "Worker died."}
 TRAFFIC = 100  # requests answered before the fault, and by the workers that replace the old one
 
 
@@ -67,8 +68,8 @@ def failure_bodies(workdir: Path) -> list[str]:
     return texts
 
 
-def test_a_killed_worker_fails_only_its_batch_with_torchserves_507(server: LocalServer,
-                                                                    tmp_path: Path) -> None:
+def test_a_killed_worker_fails_only_its_batch_with_torchserves_worker_died(server: LocalServer,
+                                                                            tmp_path: Path) -> None:
     (victim,) = worker_pids(server)
     # at most 120 s: stopped once the new worker answers
     with BackgroundLoad.start(server, "tabular", tmp_path, seconds=120) as load:
@@ -85,18 +86,19 @@ def test_a_killed_worker_fails_only_its_batch_with_torchserves_507(server: Local
     replies = load.replies()
     failed = [reply for reply in replies if reply.status != 200]
     assert 1 <= len(failed) <= BATCH_SIZE, f"{len(failed)} failed of {len(replies)}"
-    assert {reply.status for reply in failed} == {507}
-    assert {reply.version for reply in failed} == {"-"}, "the frontend's 507 carries no X-Model-Version"
+    (status,) = {reply.status for reply in failed}  # one batch, one status
+    assert status in (507, 500), status  # 500: TorchServe had not read the exit code (137) yet
+    assert {reply.version for reply in failed} == {"-"}, "the frontend's answer carries no X-Model-Version"
     assert {reply.version for reply in replies if reply.status == 200} == {"1.0"}
     (body,) = set(failure_bodies(tmp_path))
-    for key, value in WORKER_DIED.items():
+    for key, value in {**WORKER_DIED, "code": status}.items():
         assert f'"{key}": {json.dumps(value)}' in body, body
     ours = OutOfResources("the device ran out of memory for this batch; retry with fewer instances").body()
     assert ours["code"] == 507 and "message" not in ours and "error" in ours  # the rule clients apply
     answered = min(reply.answered for reply in replies if reply.status == 200 and reply.sent > killed_at)
     FIGURES["worker SIGKILL under load"] = (
-        f"{len(failed)} of {len(replies)} requests failed (507); new worker READY after {ready_after:.1f} s, "
-        f"first answer after {answered - killed_at:.1f} s")
+        f"{len(failed)} of {len(replies)} requests failed ({status}); new worker READY after "
+        f"{ready_after:.1f} s, first answer after {answered - killed_at:.1f} s")
 
 
 def watch_ready(server: LocalServer, stop: threading.Event, seen: list[int | Exception]) -> None:

@@ -1,7 +1,9 @@
 """A private TorchServe on free loopback ports, in its own working directory, for tests and benchmarks.
 
-Its pid file, key file, logs and worker sockets live under `workdir` (TMPDIR and
-LOG_LOCATION point there), so it never meets a TorchServe started by `make serve`.
+Its pid file, key file, logs, worker sockets and unpacked archives live under `workdir`
+(TMPDIR, TEMP and LOG_LOCATION point there; TEMP becomes the frontend's java.io.tmpdir, where
+it unpacks each .mar), so it never meets a TorchServe started by `make serve` and leaves
+nothing behind when it is killed.
 It runs in the foreground in its own process group and is stopped with the whole
 group (frontend and Python workers), even when the caller fails.
 """
@@ -154,7 +156,8 @@ class LocalServer:
         for tests that watch it come up, or watch a model that never does."""
         (workdir / "tmp").mkdir(parents=True, exist_ok=True)
         properties = write_properties(workdir, store, archives, extra)
-        env = {**os.environ, "TMPDIR": str(workdir / "tmp"), "LOG_LOCATION": str(workdir / "logs"),
+        env = {**os.environ, "TMPDIR": str(workdir / "tmp"), "TEMP": str(workdir / "tmp"),
+               "LOG_LOCATION": str(workdir / "logs"),
                "METRICS_LOCATION": str(workdir / "logs")}
         env.pop("TS_CONFIG_FILE", None)  # the properties are the ones written here
         command = torchserve_command("--start", "--foreground", "--ncs",

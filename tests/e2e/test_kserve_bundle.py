@@ -44,8 +44,8 @@ def runtime_environment(bundle: Path, workdir: Path) -> tuple[dict[str, str], di
     moved |= {"TS_GRPC_INFERENCE_PORT": str(free_port()), "TS_GRPC_MANAGEMENT_PORT": str(free_port()),
               "TS_INITIAL_WORKER_PORT": str(free_port()),
               "TS_METRICS_CONFIG": str(bundle / "config" / "metrics.yaml"), "TS_SERVICE_ENVELOPE": ""}
-    env = {**os.environ, **moved, "TMPDIR": str(workdir / "tmp"), "LOG_LOCATION": str(workdir / "logs"),
-           "METRICS_LOCATION": str(workdir / "logs"),
+    env = {**os.environ, **moved, "TMPDIR": str(workdir / "tmp"), "TEMP": str(workdir / "tmp"),
+           "LOG_LOCATION": str(workdir / "logs"), "METRICS_LOCATION": str(workdir / "logs"),
            # workers start with the first `python` on PATH: this environment's, with torch
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     return env, addresses

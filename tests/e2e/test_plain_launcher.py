@@ -19,7 +19,7 @@ def test_plain_start_reads_config_properties(tmp_path: Path) -> None:
     (tmp_path / "tmp").mkdir()
     properties = write_properties(tmp_path, Path("model_store").resolve(), ["tabular.mar"])
     env = {key: value for key, value in os.environ.items() if key != "TS_CONFIG_FILE"}
-    env.update(TMPDIR=str(tmp_path / "tmp"), LOG_LOCATION=str(tmp_path / "logs"))
+    env.update(TMPDIR=str(tmp_path / "tmp"), TEMP=str(tmp_path / "tmp"), LOG_LOCATION=str(tmp_path / "logs"))
 
     def torchserve(*args: str) -> str:
         """Run the launcher; output goes to a file, as the frontend it starts keeps it open."""

@@ -78,7 +78,8 @@ class ServeDir:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "TMPDIR": str(self.cwd / "tmp"), "PYTHONPATH": str(ROOT)}
+        tmp = str(self.cwd / "tmp")  # TEMP: where the frontend unpacks archives (java.io.tmpdir)
+        return {**os.environ, "TMPDIR": tmp, "TEMP": tmp, "PYTHONPATH": str(ROOT)}
 
     @property
     def pid_file(self) -> Path:

@@ -54,7 +54,7 @@ SETTINGS = settings(max_examples=150, deadline=None,
 
 @pytest.fixture(scope="module")
 def handlers() -> dict[str, ModelHandler]:
-    return {name: LocalModel.from_config(Path(f"configs/models/{name}.yaml")).handler
+    return {name: LocalModel.from_config(Path(f"configs/models/{name}.yaml"), {"warmup": False}).handler
             for name in MODELS}
 
 

@@ -62,7 +62,7 @@ def test_unconvertible_colour_mode_is_400(digits: LocalModel) -> None:
 
 
 def test_image_over_the_pixel_limit_is_413_before_decoding() -> None:
-    with LocalModel.from_config(CONFIG, {"max_pixels": 1000}) as small:
+    with LocalModel.from_config(CONFIG, {"max_pixels": 1000, "warmup": False}) as small:
         buffer = io.BytesIO()
         Image.new("L", (100, 100)).save(buffer, format="PNG")
         results = small.run([RawRequest(buffer.getvalue(), "image/png")])
@@ -76,7 +76,7 @@ def test_request_over_its_pixel_budget_is_413_alone_before_decoding(digits: Loca
     expected = reference_digits(images)
     png = [big_dark_on_light(image, "PNG") for image in images]  # 64x64 = 4096 pixels each
     truncated = png[0][: len(png[0]) // 2]  # its header says 64x64; decoding it would be a 400
-    with LocalModel.from_config(CONFIG, {"max_request_pixels": 3 * 4096 - 1}) as budgeted:
+    with LocalModel.from_config(CONFIG, {"max_request_pixels": 3 * 4096 - 1, "warmup": False}) as budgeted:
         results = budgeted.run([
             RawRequest.json({"image": [base64.b64encode(data).decode() for data in (png[0], png[1])]}),
             RawRequest.json({"image": [base64.b64encode(data).decode() for data in (*png, truncated)]}),

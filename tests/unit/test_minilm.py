@@ -55,7 +55,7 @@ def test_lone_surrogate_fails_only_its_own_request(minilm: LocalModel) -> None:
 
 
 def test_limits_are_413() -> None:
-    with LocalModel.from_config(CONFIG, {"max_instances": 2, "max_chars": 10}) as small:
+    with LocalModel.from_config(CONFIG, {"max_instances": 2, "max_chars": 10, "warmup": False}) as small:
         results = small.run([
             RawRequest.json({"text": ["a", "b", "c"]}),
             RawRequest.json({"text": "x" * 11}),
@@ -67,7 +67,7 @@ def test_limits_are_413() -> None:
 def test_length_buckets_do_not_change_the_embeddings(minilm: LocalModel) -> None:
     texts = [SENTENCES[7], SENTENCES[5], SENTENCES[0], SENTENCES[3]]  # long, short, medium, medium
     bucketed = minilm.run([RawRequest.json({"text": texts})])[0].json()
-    with LocalModel.from_config(CONFIG, {"length_buckets": False}) as one_pad:
+    with LocalModel.from_config(CONFIG, {"length_buckets": False, "warmup": False}) as one_pad:
         padded = one_pad.run([RawRequest.json({"text": texts})])[0].json()
     for a, b in zip(bucketed, padded, strict=True):
         assert np.dot(a["embedding"], b["embedding"]) >= 0.99999
@@ -77,7 +77,8 @@ def test_request_over_its_token_or_character_budget_is_413_alone(minilm: LocalMo
     """Budgets count all texts of one request (form fields too); the others in its batch answer."""
     alone = minilm.run([RawRequest.json({"text": ["one two three", "hello world"]})])[0].json()
     five_tokens = "one two three"  # [CLS] one two three [SEP]
-    with LocalModel.from_config(CONFIG, {"max_request_tokens": 300, "max_request_chars": 2000}) as budgeted:
+    with LocalModel.from_config(CONFIG, {"max_request_tokens": 300, "max_request_chars": 2000,
+                                         "warmup": False}) as budgeted:
         results = budgeted.run([
             RawRequest.json({"text": [five_tokens] * 60}),  # 300 tokens: at the budget
             RawRequest.json({"text": [five_tokens] * 61}),

@@ -24,12 +24,12 @@ MINILM = Path("configs/models/minilm.yaml")
 
 @pytest.fixture(scope="module")
 def tabular() -> LocalModel:
-    return LocalModel.from_config(TABULAR)
+    return LocalModel.from_config(TABULAR, {"warmup": False})
 
 
 @pytest.fixture(scope="module")
 def minilm() -> LocalModel:
-    return LocalModel.from_config(MINILM)
+    return LocalModel.from_config(MINILM, {"warmup": False})
 
 
 def test_batch_postprocess_answers_as_each_request_did(tabular: LocalModel,

@@ -19,7 +19,8 @@ from tests.helpers import SENTENCES, sentence_transformers_embeddings
 
 @pytest.fixture(scope="module")
 def models() -> dict[str, LocalModel]:
-    return {name: LocalModel.from_config(Path(f"configs/models/{name}.yaml")) for name in MODELS}
+    return {name: LocalModel.from_config(Path(f"configs/models/{name}.yaml"), {"warmup": False})
+            for name in MODELS}
 
 
 @pytest.fixture(scope="module")

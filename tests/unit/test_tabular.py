@@ -47,7 +47,7 @@ def test_batch_answers_match_the_model_and_bad_rows_fail_alone(tabular: LocalMod
 
 
 def test_too_many_rows_is_413() -> None:
-    with LocalModel.from_config(CONFIG, {"max_instances": 2}) as small:
+    with LocalModel.from_config(CONFIG, {"max_instances": 2, "warmup": False}) as small:
         row = np.zeros(30).tolist()
         results = small.run([RawRequest.json({"features": [row, row, row]})])
     assert results[0].status == 413

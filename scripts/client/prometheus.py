@@ -55,9 +55,14 @@ def total(samples: list[Sample], name: str, **labels: str) -> float:
     return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
 
 
+def increase(before: list[Sample], after: list[Sample], name: str, **labels: str) -> float:
+    """How much `name` (summed over the series whose labels include `labels`) grew between two scrapes."""
+    return total(after, name, **labels) - total(before, name, **labels)
+
+
 def histogram_mean(before: list[Sample], after: list[Sample], name: str, **labels: str) -> float | None:
     """The mean of the values observed into histogram `name` between two scrapes."""
-    count = total(after, f"{name}_count", **labels) - total(before, f"{name}_count", **labels)
+    count = increase(before, after, f"{name}_count", **labels)
     if count <= 0:
         return None
-    return (total(after, f"{name}_sum", **labels) - total(before, f"{name}_sum", **labels)) / count
+    return increase(before, after, f"{name}_sum", **labels) / count

@@ -38,7 +38,7 @@ import psutil
 
 from scripts.build.archive import build_archive
 from scripts.build.checks import load_buildable
-from scripts.client.prometheus import Sample, scrape, total
+from scripts.client.prometheus import Sample, increase, scrape
 from scripts.config.model import CONFIG_DIR
 from scripts.measure.loadgen import LoadResult, run_load, workload
 from scripts.measure.variants import option_overrides, option_specs, save_results
@@ -94,7 +94,7 @@ def profile_shares(collapsed: str) -> dict[str, float]:
 def latency_rows(before: list[Sample], after: list[Sample], name: str, client: LoadResult) -> list[list[Any]]:
     """Per-request milliseconds: client, TorchServe, queue, each handler stage (per batch), remainder."""
     def grew(metric: str, **labels: str) -> float:
-        return total(after, metric, **labels) - total(before, metric, **labels)
+        return increase(before, after, metric, **labels)
 
     requests = grew("ts_inference_requests_total", model_name=name)
     frontend_ms = grew("ts_inference_latency_microseconds_total", model_name=name) / requests / 1000

@@ -27,7 +27,7 @@ import numpy as np
 
 from scripts.build import datasets
 from scripts.build.models import digit_png
-from scripts.client.prometheus import Sample, histogram_mean, scrape, settled_scrape, total
+from scripts.client.prometheus import histogram_mean, increase, scrape, settled_scrape
 
 logger = logging.getLogger(__name__)
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -128,13 +128,8 @@ def run_load(host: str, path: str, bodies_file: Path, users: int, seconds: float
     mean_batch = None
     if metrics_url and model_label:  # once every request locust saw answered is in a batch's metrics
         answered = int(row["Request Count"]) - int(row["Failure Count"])
-
-        def counted(samples: list[Sample]) -> bool:
-            grown = total(samples, "BatchRequests_sum", ModelName=model_label) - total(
-                before, "BatchRequests_sum", ModelName=model_label)
-            return grown >= answered
-
-        after = settled_scrape(metrics_url, counted, timeout=5)
+        after = settled_scrape(metrics_url, lambda samples: increase(
+            before, samples, "BatchRequests_sum", ModelName=model_label) >= answered, timeout=5)
         mean_batch = histogram_mean(before, after, "BatchRequests", ModelName=model_label)
     time.sleep(settle)  # let requests still queued when locust stopped drain before the next run
     return LoadResult(

@@ -44,7 +44,7 @@ from handlers.options import parse_options
 from scripts.build import datasets
 from scripts.build.archive import build_archive
 from scripts.build.checks import load_buildable
-from scripts.client.prometheus import Sample, scrape, settled_scrape, total
+from scripts.client.prometheus import Sample, increase, scrape, settled_scrape
 from scripts.config.model import CONFIG_DIR, ModelSpec
 from scripts.harness import LocalModel, RawRequest
 from scripts.measure.variants import save_results
@@ -183,14 +183,10 @@ def timed_post(url: str, request: RawRequest) -> tuple[requests.Response, float]
 
 def batch_requests(server: LocalServer, model: str, before: list[Sample], wait_s: float = 15) -> int | None:
     """Requests in the forward pass after the lead one, from BatchRequests; None unless there was one."""
-    after = settled_scrape(server.metrics_url,
-                           lambda samples: _grown(before, samples, "BatchRequests_count", model) >= 2, wait_s)
-    batches = _grown(before, after, "BatchRequests_count", model)
-    return int(_grown(before, after, "BatchRequests_sum", model) - 1) if batches == 2 else None
-
-
-def _grown(before: list[Sample], after: list[Sample], name: str, model: str) -> float:
-    return total(after, name, ModelName=model) - total(before, name, ModelName=model)
+    after = settled_scrape(server.metrics_url, lambda samples: increase(
+        before, samples, "BatchRequests_count", ModelName=model) >= 2, wait_s)
+    batches = increase(before, after, "BatchRequests_count", ModelName=model)
+    return int(increase(before, after, "BatchRequests_sum", ModelName=model) - 1) if batches == 2 else None
 
 
 def _check_ok(statuses: list[int], model: str) -> None:

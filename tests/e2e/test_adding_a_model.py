@@ -22,7 +22,6 @@ from safetensors.torch import load_file
 from sklearn.datasets import load_iris
 
 from scripts.serve.local import LocalServer
-from tests.e2e.conftest import Server
 
 pytestmark = pytest.mark.e2e
 PAGE = Path("docs/adding-a-model.md")
@@ -52,7 +51,7 @@ def iris(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalServer
     run([sys.executable, "train_iris.py"], root)
     run([sys.executable, "-m", "scripts.build.archive", "configs/models/iris.yaml", "--store", "model_store"],
         root)
-    with Server.start(root / "server", root / "model_store", ["iris"]) as server:
+    with LocalServer.start(root / "server", root / "model_store", ["iris"]) as server:
         yield server, root
 
 

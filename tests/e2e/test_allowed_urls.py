@@ -23,7 +23,7 @@ import pytest
 
 from scripts.client.rest import TorchServeClient, TorchServeError
 from scripts.config.files import read_properties
-from tests.e2e.conftest import Server
+from scripts.serve.local import LocalServer
 from tests.e2e.shipped import LOCAL, PRODUCTION, shipped_properties
 
 pytestmark = pytest.mark.e2e
@@ -123,7 +123,7 @@ def test_only_archives_of_the_store_can_be_registered(properties_file: Path, tmp
         "../store/digits.mar": (404, "Relative path is not allowed"),
     }
     stored = sorted(path.name for path in store.iterdir())
-    with Server.start(tmp_path / "server", store, ["tabular"],
+    with LocalServer.start(tmp_path / "server", store, ["tabular"],
                            extra=shipped_properties(properties_file)) as server:
         shutil.copytree(outside / "unpacked", server.workdir / "unpacked")
         with server.client() as client:
@@ -143,7 +143,7 @@ def test_without_the_lock_torchserve_fetches_urls_and_registers_directories_outs
         tmp_path: Path, store: Path, outside: Path, origin: Origin) -> None:
     """TorchServe's default allowed_urls (file://.*|http(s)?://.*), everything else as shipped."""
     unlocked = {key: value for key, value in shipped_properties(LOCAL).items() if key != "allowed_urls"}
-    with Server.start(tmp_path / "server", store, ["tabular"], extra=unlocked) as server, \
+    with LocalServer.start(tmp_path / "server", store, ["tabular"], extra=unlocked) as server, \
             server.client() as client:
         client.register(f"{origin.url}/remote.mar", model_name="fetched", timeout=300)
         client.register(str(outside / "unpacked"), model_name="outsider", timeout=300)

@@ -28,7 +28,6 @@ from scripts.serve.local import LocalServer
 from scripts.serve.server import wait_until_ready
 from scripts.serve.startup import CannotLoad, LoadWatch
 from tests.e2e.cli import tsctl
-from tests.e2e.conftest import Server
 from tests.e2e.test_startup import ROOT, ServeDir
 
 pytestmark = pytest.mark.e2e
@@ -109,7 +108,7 @@ def registered_anyway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loca
     store.mkdir()
     shutil.copyfile(GOOD, store / "tabular.mar")
     truncated(store / "broken.mar")
-    launched = Server.launch(workdir, store, [],
+    launched = LocalServer.launch(workdir, store, [],
                                   {"load_models": "all", "default_workers_per_model": "1"})
     with launched as server:
         with server.client() as client:

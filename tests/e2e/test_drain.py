@@ -42,7 +42,7 @@ def make_stop(server: LocalServer) -> subprocess.Popen[str]:
 
 @pytest.mark.parametrize("model", ["tabular", "minilm"])
 def test_make_stop_under_load_answers_every_accepted_request(model: str, tmp_path: Path) -> None:
-    with Server.start(tmp_path / "server", STORE, [model],
+    with LocalServer.start(tmp_path / "server", STORE, [model],
                            extra={"disable_token_authorization": "false"}) as server:
         with BackgroundLoad.start(server, model, tmp_path / "load", 120) as load:
             load.wait_for(lambda replies: len(replies) >= TRAFFIC, "traffic before the drain")

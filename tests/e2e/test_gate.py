@@ -22,7 +22,6 @@ from scripts.build.store import read_archive
 from scripts.client.rest import KeyFile
 from scripts.serve.local import LocalServer, free_port
 from tests.e2e.cli import run_tsctl
-from tests.e2e.conftest import Server
 from tests.e2e.versions import TABULAR_YAML, tabular_version
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +36,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     tabular_version(tmp, tmp / "built", "2.0", swap_labels=True)  # wrong on purpose
     shutil.copyfile(tmp / "built" / "tabular.mar", store / "tabular-2.0.mar")
     extra = {"disable_token_authorization": "false", "enable_model_api": "true"}
-    with Server.start(tmp / "server", store, ["tabular"], extra=extra) as instance:
+    with LocalServer.start(tmp / "server", store, ["tabular"], extra=extra) as instance:
         with instance.client() as client:
             client.register("tabular-2.0.mar")
             versions = {v["modelVersion"]: v for v in client.describe("tabular", "all")}

@@ -23,7 +23,6 @@ from scripts.operate.drain import draining_marker
 from scripts.serve import health
 from scripts.serve.keeper import expirations
 from scripts.serve.local import LocalServer
-from tests.e2e.conftest import Server
 
 pytestmark = pytest.mark.e2e
 EXPIRY_MINUTES = 0.1
@@ -50,7 +49,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     """TorchServe serving tabular with token auth on; started here rather than by LocalServer.start,
     whose own readiness wait would stall once its keys expire."""
     workdir = tmp_path_factory.mktemp("health")
-    launched = Server.launch(workdir, Path("model_store").resolve(), ["tabular.mar"], {
+    launched = LocalServer.launch(workdir, Path("model_store").resolve(), ["tabular.mar"], {
         "disable_token_authorization": "false", "enable_model_api": "false",
         "token_expiration_min": str(EXPIRY_MINUTES)})
     with launched as instance:

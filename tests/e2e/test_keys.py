@@ -28,7 +28,6 @@ from scripts.operate.drain import draining_marker
 from scripts.serve.local import LocalServer, free_port
 from tests.conftest import FIGURES, ROOT
 from tests.e2e.cli import tsctl
-from tests.e2e.conftest import Server
 
 pytestmark = pytest.mark.e2e
 STORE = Path("model_store").resolve()
@@ -43,7 +42,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     LocalServer.start, whose readiness wait would stall once its keys expire: the keeper fixture renews
     them from the start and waits until the keeper says ready, as `make serve` does."""
     extra = {"disable_token_authorization": "false", "token_expiration_min": str(EXPIRY_MINUTES)}
-    with Server.launch(tmp_path_factory.mktemp("keys"), STORE, ["tabular.mar"], extra) as instance:
+    with LocalServer.launch(tmp_path_factory.mktemp("keys"), STORE, ["tabular.mar"], extra) as instance:
         yield instance
 
 

@@ -28,7 +28,6 @@ from scripts.serve.local import LocalServer, free_port, wait_until_answering
 from scripts.serve.server import torchserve_command
 from tests.battery import check_good, good_calls
 from tests.conftest import FIGURES
-from tests.e2e.conftest import Server
 from tests.helpers import SENTENCES, sentence_transformers_embeddings
 
 pytestmark = pytest.mark.e2e
@@ -64,7 +63,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     with (workdir / "console.log").open("wb") as console:
         process = subprocess.Popen(command, cwd=workdir, env=env, stdout=console, stderr=subprocess.STDOUT,
                                    start_new_session=True)
-    server = Server(workdir, addresses, process)
+    server = LocalServer(workdir, addresses, process)
     try:
         wait_until_answering(lambda: requests.get(f"{server.management_url}/models", timeout=5)
                              .raise_for_status(), process, timeout=120, what="the bundle's TorchServe")

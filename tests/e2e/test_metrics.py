@@ -11,7 +11,7 @@ import requests
 import torch
 
 from scripts.build import datasets
-from scripts.client.prometheus import histogram_mean, scrape, settled_scrape, total
+from scripts.client.prometheus import histogram_mean, increase, scrape, settled_scrape, total
 from tests.conftest import FIGURES
 from tests.e2e.conftest import Server
 
@@ -40,7 +40,7 @@ def test_handler_metrics_after_concurrent_traffic(server: Server) -> None:
     assert "\nHandlerResponses_total{" in raw and "\nBatchRequests_sum{" in raw
 
     def grew(name: str, **labels: str) -> float:
-        return total(after, name, **labels) - total(before, name, **labels)
+        return increase(before, after, name, **labels)
 
     assert grew("HandlerResponses_total", Status="200", **TABULAR) == 96
     assert grew("HandlerResponses_total", Status="400", **TABULAR) == 8

@@ -33,7 +33,6 @@ from scripts.measure.loadgen import Reply, Workload, read_replies, run_load
 from scripts.measure.overload import worker_state
 from scripts.operate import tsctl
 from scripts.serve.local import LocalServer
-from tests.e2e.conftest import Server
 
 pytestmark = pytest.mark.e2e
 QUEUE = 2
@@ -64,7 +63,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(config: Path) -> Iterator[LocalServer]:
     store = config.parent / "store"
     assert archive.main([str(config), "--store", str(store)]) == 0
-    with Server.start(config.parent / "server", store, ["digits"]) as instance:
+    with LocalServer.start(config.parent / "server", store, ["digits"]) as instance:
         yield instance
 
 

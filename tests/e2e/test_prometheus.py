@@ -39,11 +39,10 @@ import torch
 import yaml
 
 from scripts.build import datasets
-from scripts.client.prometheus import Sample, total
+from scripts.client.prometheus import Sample, increase, total
 from scripts.deploy.autoscaling import GROUP_BY, LABEL_MATCHERS, adapter_rule, read_metric
 from scripts.deploy.monitor import INSTALL, SCRAPE_CONFIG, Prometheus
 from scripts.serve.local import LocalServer, free_port
-from tests.e2e.conftest import Server
 from tests.prerequisites import prometheus_missing
 
 pytestmark = pytest.mark.e2e
@@ -73,7 +72,7 @@ class Load:
     after: list[Sample]
 
     def grew(self, name: str, **labels: str) -> float:
-        return total(self.after, name, **labels) - total(self.before, name, **labels)
+        return increase(self.before, self.after, name, **labels)
 
     def mean(self, numerator: str, denominator: str, **labels: str) -> float:
         return self.grew(numerator, **labels) / self.grew(denominator, **labels)
@@ -123,7 +122,7 @@ def stack(prometheus_binary: None, tmp_path_factory: pytest.TempPathFactory
     shipped["global"]["scrape_interval"] = "1s"
     source = tmp / "prometheus-1s.yml"
     source.write_text(yaml.safe_dump(shipped, sort_keys=False))
-    with Server.start(tmp / "server", Path("model_store").resolve(), ["tabular"]) as server, \
+    with LocalServer.start(tmp / "server", Path("model_store").resolve(), ["tabular"]) as server, \
             Prometheus.start(tmp / "prometheus", server.metrics_url, free_port(), source=source,
                              labels=POD) as prometheus:
         prometheus.wait_scraped()

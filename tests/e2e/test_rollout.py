@@ -27,7 +27,6 @@ from scripts.serve.local import LocalServer
 from scripts.serve.server import wait_until_ready
 from tests.conftest import FIGURES
 from tests.e2e.cli import tsctl
-from tests.e2e.conftest import Server
 from tests.e2e.shipped import PRODUCTION as PRODUCTION_FILE
 from tests.e2e.shipped import shipped_properties
 from tests.e2e.versions import tabular_version
@@ -51,7 +50,7 @@ def fresh_store(store: Path) -> Path:
 @pytest.fixture(scope="module")
 def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     root = tmp_path_factory.mktemp("rollout")
-    with Server.start(root / "server", fresh_store(root / "store"), ["tabular"],
+    with LocalServer.start(root / "server", fresh_store(root / "store"), ["tabular"],
                            extra=PRODUCTION) as instance:
         yield instance
 
@@ -155,7 +154,7 @@ def test_a_bad_version_is_refused_by_the_gate_and_never_serves(server: LocalServ
 
 def test_without_the_model_api_or_the_key_the_cli_says_what_to_do(tmp_path: Path) -> None:
     store = fresh_store(tmp_path / "store")
-    with Server.start(tmp_path / "server", store, ["tabular"],
+    with LocalServer.start(tmp_path / "server", store, ["tabular"],
                            extra={**PRODUCTION, "enable_model_api": "false"}) as server:
         config = tabular_version(tmp_path, store, "2.0")
         status = tsctl(server.workdir, "--json", "status")

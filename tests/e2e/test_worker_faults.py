@@ -32,7 +32,6 @@ from scripts.measure.overload import worker_state
 from scripts.serve.local import LocalServer
 from tests.conftest import FIGURES
 from tests.e2e.cli import tsctl
-from tests.e2e.conftest import Server
 from tests.e2e.shipped import PRODUCTION, shipped_properties
 from tests.load import BackgroundLoad
 
@@ -50,7 +49,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     (root / "store").mkdir()
     shutil.copyfile("model_store/tabular.mar", root / "store" / "tabular.mar")
     extra = shipped_properties(PRODUCTION)
-    with Server.start(root / "server", root / "store", ["tabular"], extra=extra) as instance:
+    with LocalServer.start(root / "server", root / "store", ["tabular"], extra=extra) as instance:
         yield instance
 
 
